@@ -1,0 +1,5 @@
+import sys
+
+from raypfl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""`raypfl` command line: run | config | data.
+
+Exit codes: 0 success, 2 invalid input (one `error: ...` line on stderr, no traceback), 1 failure during a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from raypfl.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one `error:` line (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set clients.num_clients=20 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="raypfl", description="Heterogeneous asynchronous federated learning with pruning "
+                     "and recovery (PR-FL / FedGMR) on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run one experiment (the built-in demo without CONFIG)")
+    run.add_argument("config", nargs="?", help="experiment YAML file")
+    _add_overrides(run)
+    run.add_argument("--output", metavar="DIR", help="run directory (default runs/<experiment>/<run name>)")
+    run.add_argument("--resume", metavar="DIR", help="resume the run saved in DIR from its last checkpoint")
+    run.set_defaults(handler=_cmd_run)
+
+    config = sub.add_parser("config", help="inspect configs")
+    config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = config_sub.add_parser("show", help="print the resolved config as YAML")
+    show.add_argument("config", nargs="?", help="experiment YAML file (default: the built-in defaults)")
+    _add_overrides(show)
+    show.set_defaults(handler=_cmd_config_show)
+
+    data = sub.add_parser("data", help="inspect datasets and partitions")
+    data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dshow = data_sub.add_parser("show", help="per-client sizes and label histograms of a partition")
+    dshow.add_argument("config", nargs="?", help="experiment YAML file")
+    _add_overrides(dshow)
+    dshow.add_argument("--heatmap", metavar="PNG", help="also write a clients × classes heatmap here")
+    dshow.set_defaults(handler=_cmd_data_show)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from raypfl.config import load_config
+    from raypfl.runtime.driver import run_experiment
+
+    console = Console(stderr=True)
+    if args.resume:
+        if args.config or args.overrides or args.output:
+            raise UserError("--resume continues a saved run as it was configured: drop CONFIG, --set and --output")
+        run_experiment(resume=args.resume, console=console)
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.config is None:
+        console.print(f"no CONFIG given: running the built-in demo ({cfg.data.dataset}, "
+                      f"{cfg.clients.num_clients} clients, {cfg.algorithm.name}, {cfg.clients.heterogeneity} "
+                      "heterogeneity)")
+    run_experiment(cfg, output=args.output, console=console)
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from raypfl.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from raypfl.config import load_config
+    from raypfl.data import load_dataset, partition, partition_table, save_partition_heatmap
+
+    cfg = load_config(args.config, args.overrides)
+    dataset = load_dataset(cfg.data, seed=cfg.experiment.seed)
+    parts = partition(dataset.y_train, cfg.clients.num_clients, cfg.data.partition, cfg.experiment.seed,
+                      writers=dataset.writers)
+    console = Console()
+    console.print(partition_table(dataset, parts))
+    if args.heatmap:
+        path = Path(args.heatmap)
+        if not path.parent.is_dir():
+            raise UserError(f"--heatmap: folder {path.parent} does not exist")
+        save_partition_heatmap(path, dataset, parts)
+        console.print(f"heatmap written to {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure during the run: exit 1, traceback only on request
+        if os.environ.get("RAYPFL_DEBUG"):
+            traceback.print_exc()
+        print(f"error: run failed: {type(exc).__name__}: {exc} (set RAYPFL_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1

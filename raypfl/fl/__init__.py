@@ -1,0 +1,1 @@
+"""Federated-learning core: staleness, aggregation, triggers and the server loop (pure numpy, no Ray)."""
