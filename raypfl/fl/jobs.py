@@ -1,0 +1,48 @@
+"""What the server sends a client to train, and what comes back. Weights are numpy state dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+Weights = dict[str, np.ndarray]
+Mask = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    client: int
+    version: int  # aggregation round of the model the client trains on
+    cycle: int  # the client's local-round counter: with the seed it fixes the data order of this round
+    weights: Weights
+    mask: Mask | None
+    lr: float
+    local_steps: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    client: int
+    version: int
+    cycle: int
+    weights: Weights
+    n_samples: int
+    loss: float
+
+
+class Trainer(Protocol):
+    """Runs training jobs somewhere (in-process, or on Ray actors) and hands back their results."""
+
+    def submit(self, jobs: list[TrainJob]) -> None: ...
+
+    def ready(self, client: int) -> bool: ...
+
+    def collect(self, clients: list[int]) -> dict[int, TrainResult]: ...
+
+
+class Evaluator(Protocol):
+    def __call__(self, weights: Weights) -> tuple[float, float]:
+        """(accuracy, mean loss) of a global model on the test set."""
+        ...

@@ -1,0 +1,81 @@
+"""Results of one run: result.json contents, history.csv, curves.png and the console summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def time_to_accuracy(history: list[dict[str, Any]], targets: list[float]) -> dict[str, float | None]:
+    """First virtual time at which the evaluated accuracy reaches each target (None if never)."""
+    out: dict[str, float | None] = {}
+    for target in targets:
+        hit = next((r["virtual_time_s"] for r in history if r["accuracy"] >= target), None)
+        out[f"{target:g}"] = hit
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
+    tmp.replace(path)
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """One row per evaluation; the per-client densities become columns density_0 … density_{N-1}."""
+    if not history:
+        path.write_text("")
+        return
+    scalar_keys = [k for k in history[0] if k != "densities"]
+    n = len(history[0]["densities"])
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(scalar_keys + [f"density_{i}" for i in range(n)])
+        for record in history:
+            writer.writerow([record[k] for k in scalar_keys] + [f"{d:g}" for d in record["densities"]])
+
+
+def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
+    """Accuracy and mean density against virtual time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["virtual_time_s"] for r in history]
+    fig, (ax_acc, ax_den) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
+                                         gridspec_kw={"height_ratios": [2, 1]})
+    ax_acc.plot(t, [100 * r["accuracy"] for r in history], marker=".", color="tab:blue")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.set_title(title)
+    ax_den.plot(t, [r["mean_density"] for r in history], color="tab:green", label="mean")
+    ax_den.plot(t, [min(r["densities"]) for r in history], color="tab:orange", linestyle="--", label="min")
+    ax_den.set_ylim(0, 1.05)
+    ax_den.set_ylabel("client density")
+    ax_den.set_xlabel("virtual time (s)")
+    ax_den.legend(loc="lower right")
+    ax_den.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"{result['algorithm']} on {result['dataset']} (seed {result['seed']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("final accuracy", f"{100 * result['final_accuracy']:.2f} %")
+    table.add_row("best accuracy", f"{100 * result['best_accuracy']:.2f} %")
+    for target, t in result["time_to_accuracy"].items():
+        table.add_row(f"time to {100 * float(target):g} %", "not reached" if t is None else f"{t:,.0f} s")
+    table.add_row("virtual time", f"{result['virtual_time_s']:,.0f} s")
+    table.add_row("wall time", f"{result['wall_time_s']:,.1f} s")
+    table.add_row("rounds / client updates", f"{result['rounds']} / {result['client_updates']}")
+    table.add_row("updates per wall second", f"{result['client_updates'] / max(result['wall_time_s'], 1e-9):.1f}")
+    table.add_row("bytes up / down", f"{result['bytes_up'] / 2**20:,.1f} / {result['bytes_down'] / 2**20:,.1f} MB")
+    return table

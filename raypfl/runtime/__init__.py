@@ -1,0 +1,1 @@
+"""Ray shell: client actors, the aggregator actor and the experiment driver."""

@@ -1,0 +1,40 @@
+"""The aggregator actor: owns the Server (global model, virtual clock, buffer) and drives the client pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from raypfl.config import Config
+from raypfl.fl.jobs import Weights
+from raypfl.fl.server import Server
+from raypfl.runtime.client import ActorPoolTrainer
+from raypfl.runtime.training import ModelSpec, TestEvaluator
+from raypfl.sim.heterogeneity import ClientClass
+
+
+class AggregatorActor:
+    def __init__(self, config: dict[str, Any], classes: list[ClientClass], weights: Weights, model_mb: float,
+                 flops_per_round: float, spec: ModelSpec, test_data: dict[str, np.ndarray],
+                 actors: list[Any], client_worker: list[int], snapshot: dict[str, Any] | None = None) -> None:
+        import torch
+
+        cfg = Config.model_validate(config)
+        torch.set_num_threads(cfg.runtime.threads_per_worker)
+        evaluator = TestEvaluator(spec, test_data["x"], test_data["y"], cfg.training.eval_batch_size,
+                                  cfg.training.loss, cfg.runtime.device)
+        self.server = Server(cfg, classes, weights, model_mb, flops_per_round,
+                             ActorPoolTrainer(actors, client_worker), evaluator)
+        if snapshot is not None:
+            self.server.restore(snapshot)
+
+    def run_until_eval(self) -> dict[str, Any]:
+        record = self.server.run_until_eval()
+        return {"record": record.as_dict(), "done": self.server.done, "in_flight": self.server.in_flight()}
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.server.snapshot()
+
+    def clients(self) -> list[dict[str, Any]]:
+        return self.server.client_summary()

@@ -1,0 +1,248 @@
+"""`run_experiment`: load data, start the client pool and the aggregator on Ray, log, write the run directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from raypfl.config import Config, load_config, to_yaml
+from raypfl.data import Dataset, load_dataset, partition
+from raypfl.errors import UserError
+from raypfl.fl.jobs import Weights
+from raypfl.models import dense_size_bytes
+from raypfl.report import plot_curves, summary_table, time_to_accuracy, write_history_csv, write_json
+from raypfl.runtime.checkpoint import load_checkpoint, save_checkpoint
+from raypfl.runtime.training import ModelSpec, forward_flops, to_numpy
+from raypfl.sim.clock import MB
+from raypfl.sim.heterogeneity import ClientClass, assign_workers, client_classes, merged_options
+from raypfl.tracking import RunTracker, heterogeneity_tag
+
+
+@dataclass
+class Experiment:
+    """Everything a run derives from its config before Ray is involved."""
+
+    cfg: Config
+    dataset: Dataset
+    parts: list[np.ndarray]
+    classes: list[ClientClass]  # one per client
+    class_counts: list[tuple[ClientClass, int]]
+    spec: ModelSpec
+    weights: Weights
+    model_mb: float
+    flops_per_round: float
+
+
+def prepare(cfg: Config) -> Experiment:
+    import torch
+
+    dataset = load_dataset(cfg.data, seed=cfg.experiment.seed)
+    parts = partition(dataset.y_train, cfg.clients.num_clients, cfg.data.partition, cfg.experiment.seed,
+                      writers=dataset.writers)
+    for ref in cfg.algorithm.reference_clients:
+        if ref >= cfg.clients.num_clients:
+            raise UserError(f"invalid value {ref} in 'algorithm.reference_clients': "
+                            f"clients are numbered 0..{cfg.clients.num_clients - 1}")
+    counts = client_classes(cfg.clients)
+    spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes)
+    torch.manual_seed(cfg.experiment.seed)
+    model = spec.build()
+    net = cfg.network
+    model_mb = net.model_size_mb if net.size_model == "parity" else dense_size_bytes(model) / MB
+    flops = 3 * forward_flops(model, dataset.input_shape) * cfg.training.batch_size * cfg.training.local_steps
+    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], counts, spec,
+                      to_numpy(model), float(model_mb), flops)
+
+
+def connect_ray(cfg: Config) -> bool:
+    """Join the cluster in RAY_ADDRESS, or start a local one; True when this call started Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            import torch
+
+            gpus = torch.cuda.device_count() or cfg.runtime.logical_gpus
+            ray.init(num_gpus=gpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise UserError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None
+    return True
+
+
+def default_num_workers(cfg: Config) -> int:
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(cfg.clients.num_clients, cpus))
+
+
+def start_pool(exp: Experiment) -> tuple[list[Any], list[int]]:
+    """Create the client actors: each with the resource request of the classes it serves."""
+    import ray
+
+    from raypfl.runtime.client import ClientActor
+
+    cfg = exp.cfg
+    num_workers = min(cfg.runtime.num_workers or default_num_workers(cfg), cfg.clients.num_clients)
+    served, client_worker = assign_workers([n for _, n in exp.class_counts], num_workers)
+    train_ref = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train})
+    parts_ref = ray.put(exp.parts)
+    remote = ray.remote(ClientActor)
+    actors = [
+        remote.options(**merged_options([exp.class_counts[k][0] for k in classes]),
+                       name=None).remote(exp.spec, train_ref, parts_ref, cfg.training, cfg.experiment.seed,
+                                         cfg.data.augment, cfg.runtime.device, cfg.runtime.threads_per_worker)
+        for classes in served
+    ]
+    return actors, client_worker
+
+
+def _run_name(cfg: Config) -> str:
+    return f"{cfg.algorithm.name}-{cfg.data.dataset}-s{cfg.experiment.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run_experiment(cfg: Config | None = None, output: str | Path | None = None, resume: str | Path | None = None,
+                   console: Console | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run one experiment to its budget; returns the contents of result.json."""
+    import ray
+
+    from raypfl.runtime.aggregator import AggregatorActor
+
+    console = console or Console(stderr=True)
+    snapshot, run_id = None, None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml")
+        checkpoint = run_dir / "checkpoints" / "latest.pt"
+        if checkpoint.is_file():
+            snapshot = load_checkpoint(checkpoint)
+        marker = run_dir / "mlflow_run_id"
+        run_id = marker.read_text().strip() if marker.is_file() else None
+    assert cfg is not None
+    exp = prepare(cfg)
+    run_name = _run_name(cfg)
+    if resume is None:
+        default_dir = Path(cfg.experiment.output_dir) / cfg.experiment.name / run_name
+        run_dir = Path(output) if output is not None else default_dir
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"run directory {run_dir} is not empty (use --resume to continue a run there)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    else:
+        run_name = run_dir.name
+    tracker = RunTracker(cfg, run_name, run_id, parent_run_id) if cfg.tracking.enabled else None
+    if tracker is not None:
+        (run_dir / "mlflow_run_id").write_text(tracker.run_id)
+
+    started_ray = connect_ray(cfg)
+    actors: list[Any] = []
+    aggregator = None
+    status = "FAILED"
+    try:
+        actors, client_worker = start_pool(exp)
+        test_ref = ray.put({"x": exp.dataset.x_test, "y": exp.dataset.y_test})
+        aggregator = ray.remote(AggregatorActor).options(num_cpus=0).remote(
+            cfg.model_dump(mode="json"), exp.classes, exp.weights, exp.model_mb, exp.flops_per_round, exp.spec,
+            test_ref, actors, client_worker, snapshot)
+        history = list(snapshot["history"]) if snapshot else []
+        history = _drive(cfg, aggregator, tracker, run_dir, history, console)
+        clients = ray.get(aggregator.clients.remote())
+        result = _result(cfg, history, clients, run_dir, tracker)
+        write_json(run_dir / "result.json", result)
+        write_history_csv(run_dir / "history.csv", history)
+        plot_curves(run_dir / "curves.png", history, f"{cfg.algorithm.name} · {cfg.data.dataset} · "
+                    f"{heterogeneity_tag(cfg)} heterogeneity · seed {cfg.experiment.seed}")
+        if tracker is not None:
+            tracker.log_summary(result)
+            tracker.log_artifacts([run_dir / n for n in ("result.json", "config.yaml", "curves.png",
+                                                         "history.csv")])
+        console.print(summary_table(result))
+        console.print(f"run directory: {run_dir}")
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for actor in [*actors, aggregator]:
+            if actor is not None:
+                ray.kill(actor)
+        if tracker is not None:
+            tracker.finish(status)
+        if started_ray:
+            ray.shutdown()
+
+
+def _drive(cfg: Config, aggregator: Any, tracker: RunTracker | None, run_dir: Path,
+           history: list[dict[str, Any]], console: Console) -> list[dict[str, Any]]:
+    """Pull evaluations from the aggregator until the budget is spent: progress, MLflow, checkpoints."""
+    import ray
+
+    budget = cfg.budget.virtual_time_s
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed:,.0f}/{task.total:,.0f} virtual s"),
+               TextColumn("round {task.fields[round]} · acc {task.fields[acc]} · in flight {task.fields[flight]}"),
+               TimeElapsedColumn()]
+    evals = 0
+    with Progress(*columns, console=console, transient=False) as progress:
+        start = history[-1]["virtual_time_s"] if history else 0.0
+        task = progress.add_task(cfg.algorithm.name, total=budget, completed=start, round="-", acc="-",
+                                 flight="-")
+        while True:
+            step = ray.get(aggregator.run_until_eval.remote())
+            record = step["record"]
+            if not history or history[-1]["round"] != record["round"] or \
+                    history[-1]["virtual_time_s"] != record["virtual_time_s"]:
+                history.append(record)
+                if tracker is not None:
+                    tracker.log_eval(record)
+            progress.update(task, completed=min(record["virtual_time_s"], budget), round=record["round"],
+                            acc=f"{100 * record['accuracy']:.1f}%", flight=step["in_flight"])
+            evals += 1
+            every = cfg.runtime.checkpoint_every
+            if every and (evals % every == 0 or step["done"]):
+                save_checkpoint(run_dir / "checkpoints" / "latest.pt", ray.get(aggregator.snapshot.remote()))
+            if step["done"]:
+                return history
+
+
+def _result(cfg: Config, history: list[dict[str, Any]], clients: list[dict[str, Any]], run_dir: Path,
+            tracker: RunTracker | None) -> dict[str, Any]:
+    last = history[-1]
+    return {
+        "algorithm": cfg.algorithm.name,
+        "dataset": cfg.data.dataset,
+        "heterogeneity": heterogeneity_tag(cfg),
+        "seed": cfg.experiment.seed,
+        "final_accuracy": last["accuracy"],
+        "best_accuracy": max(r["accuracy"] for r in history),
+        "virtual_time_s": last["virtual_time_s"],
+        "wall_time_s": last["wall_time_s"],
+        "rounds": last["round"],
+        "client_updates": last["updates"],
+        "bytes_up": last["bytes_up"],
+        "bytes_down": last["bytes_down"],
+        "time_to_accuracy": time_to_accuracy(history, cfg.budget.target_accuracies),
+        "history": history,
+        "clients": clients,
+        "run_dir": str(run_dir),
+        "mlflow_run_id": tracker.run_id if tracker is not None else None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -1,0 +1,87 @@
+"""MLflow logging: one run per experiment; params = the flattened resolved config; a metric set per evaluation.
+
+Only the driver talks to MLflow, through `MlflowClient` with an explicit run id (no global active run).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raypfl.config import Config, flatten
+from raypfl.errors import UserError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+EVAL_METRICS = ("accuracy", "loss", "virtual_time_s", "mean_density", "min_density", "bytes_up", "bytes_down",
+                "staleness_mean", "buffer_size", "wall_time_s")
+
+
+def tracking_uri(cfg: Config) -> str:
+    """`tracking.uri` overrides `MLFLOW_TRACKING_URI`, which overrides the default SQLite file in the cwd."""
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def heterogeneity_tag(cfg: Config) -> str:
+    h = cfg.clients.heterogeneity
+    return h if isinstance(h, str) else "custom:" + ",".join(f"{c.name}x{c.count}" for c in h)
+
+
+class RunTracker:
+    """An MLflow run of one experiment, created new or continued after a resume."""
+
+    def __init__(self, cfg: Config, run_name: str, run_id: str | None = None,
+                 parent_run_id: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(cfg)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
+            experiment_id = (experiment.experiment_id if experiment is not None
+                             else self.client.create_experiment(cfg.tracking.experiment))
+        except Exception as exc:  # mlflow raises many kinds for a bad URI or an unreachable server
+            raise UserError(f"cannot use the MLflow tracking URI {self.uri!r}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        tags = {"algorithm": cfg.algorithm.name, "dataset": cfg.data.dataset,
+                "heterogeneity": heterogeneity_tag(cfg), "mlflow.runName": run_name}
+        if parent_run_id is not None:
+            tags["mlflow.parentRunId"] = parent_run_id
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        self._log_params(cfg)
+
+    def _log_params(self, cfg: Config) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, v[:6000]) for k, v in sorted(flatten(cfg).items())]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        values = dict(record)
+        values["min_density"] = min(record["densities"]) if record["densities"] else 1.0
+        metrics = [Metric(k, float(values[k]), stamp, int(record["round"])) for k in EVAL_METRICS if k in values]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_summary(self, result: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        keys = ("final_accuracy", "best_accuracy", "client_updates", "rounds")
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(result[k]), stamp, 0) for k in keys])
+
+    def log_artifacts(self, paths: list[Path]) -> None:
+        for path in paths:
+            if path.exists():
+                self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

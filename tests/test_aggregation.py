@@ -1,0 +1,163 @@
+import copy
+import itertools
+
+import numpy as np
+import pytest
+
+from raypfl.fl.aggregation import ClientUpdate, aggregate, apply_mask
+
+RULES = ["ma", "ma_mix", "fa", "ga"]
+
+
+def f32(*values):
+    return np.array(values, dtype=np.float32)
+
+
+@pytest.fixture
+def masked():
+    """Two clients with partial masks over a 4-vector; coordinate 3 is held by nobody.
+
+    Entries outside a client's mask hold 99: masks are explicit, so these values must never be read.
+    """
+    old = {"w": f32(1, 2, 3, 4), "n": np.array(7, dtype=np.int64)}
+    mask0 = {"w": np.array([1, 1, 0, 0], bool)}
+    mask1 = {"w": np.array([1, 0, 1, 0], bool)}
+    updates = [
+        ClientUpdate(0, {"w": f32(2, 4, 99, 99), "n": np.array(9)}, mask0, 1.0),
+        ClientUpdate(1, {"w": f32(4, 99, 10, 99), "n": np.array(11)}, mask1, 3.0),
+    ]
+    return old, updates
+
+
+def test_ma_averages_over_holders_and_keeps_untouched(masked):
+    old, updates = masked
+    # [0] both hold: (1·2 + 3·4) / (1 + 3) = 3.5;  [1] only client 0: 4;  [2] only client 1: 10;
+    # [3] nobody: old 4
+    new = aggregate("ma", old, updates)
+    np.testing.assert_array_equal(new["w"], f32(3.5, 4, 10, 4))
+    assert new["w"].dtype == np.float32
+
+
+def test_fa_shrinks_pruned_coordinates(masked):
+    old, updates = masked
+    # Σ λ = 4; pruned entries count as 0:
+    # [0] (2 + 12)/4 = 3.5;  [1] (1·4)/4 = 1;  [2] (3·10)/4 = 7.5;  [3] 0/4 = 0
+    new = aggregate("fa", old, updates)
+    np.testing.assert_array_equal(new["w"], f32(3.5, 1, 7.5, 0))
+
+
+def test_ga_with_server_lr(masked):
+    old, updates = masked
+    # W + 0.5 · Σ λ m (w − W) / 4:
+    # [0] 1 + 0.5·(1·1 + 3·3)/4 = 2.25;  [1] 2 + 0.5·(1·2)/4 = 2.25;  [2] 3 + 0.5·(3·7)/4 = 5.625;  [3] 4
+    new = aggregate("ga", old, updates, server_lr=0.5)
+    np.testing.assert_array_equal(new["w"], f32(2.25, 2.25, 5.625, 4))
+
+
+def test_ma_mix(masked):
+    old, updates = masked
+    # 0.25 · [3.5, 4, 10, 4] + 0.75 · [1, 2, 3, 4] = [1.625, 2.5, 4.75, 4]
+    new = aggregate("ma_mix", old, updates, mix=0.25)
+    np.testing.assert_array_equal(new["w"], f32(1.625, 2.5, 4.75, 4))
+    ma = aggregate("ma", old, updates)["w"]
+    np.testing.assert_array_equal(aggregate("ma_mix", old, updates, mix=1.0)["w"], ma)
+    np.testing.assert_array_equal(aggregate("ma_mix", old, updates, mix=0.0)["w"], old["w"])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_integer_buffers_keep_old_value(masked, rule):
+    old, updates = masked
+    new = aggregate(rule, old, updates, mix=0.5)
+    assert new["n"] == 7 and new["n"].dtype == np.int64
+    assert not np.shares_memory(new["n"], old["n"])
+
+
+def test_unmasked_rules_agree_with_weighted_fedavg():
+    old = {"b": np.ones((2, 2), np.float32)}
+    updates = [
+        ClientUpdate(0, {"b": np.array([[4, 8], [0, -4]], np.float32)}, None, 1.0),
+        ClientUpdate(1, {"b": np.array([[2, 2], [2, 2]], np.float32)}, None, 2.0),
+        ClientUpdate(2, {"b": np.array([[0, 4], [8, 0]], np.float32)}, {}, 1.0),
+    ]
+    # (1·c0 + 2·c1 + 1·c2) / 4 = [[8, 16], [12, 0]] / 4
+    fedavg = np.array([[2, 4], [3, 0]], np.float32)
+    for rule in RULES:  # ga with η = 1 and ma_mix with mix = 1 reduce to FedAvg without masks
+        np.testing.assert_array_equal(aggregate(rule, old, updates)["b"], fedavg, err_msg=rule)
+
+
+def test_ma_keeps_an_exact_zero_average():
+    old = {"w": f32(5, 5)}
+    updates = [ClientUpdate(0, {"w": f32(1, 3)}, None, 1.0), ClientUpdate(1, {"w": f32(-1, 3)}, None, 1.0)]
+    # [0] (1 − 1)/2 = 0 is a real average (both hold it), not "untouched": it must not revert to 5
+    np.testing.assert_array_equal(aggregate("ma", old, updates)["w"], f32(0, 3))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_order_of_updates_does_not_matter(rule):
+    rng = np.random.default_rng(0)
+    old = {"w": rng.normal(size=(3, 5)).astype(np.float32)}
+    updates = [
+        ClientUpdate(c, {"w": rng.normal(size=(3, 5)).astype(np.float32)}, {"w": rng.random((3, 5)) < 0.6},
+                     float(rng.uniform(0.1, 3.0)))
+        for c in (4, 0, 9)
+    ]
+    results = [aggregate(rule, old, list(p), mix=0.3, server_lr=0.7)["w"]
+               for p in itertools.permutations(updates)]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_inputs_not_mutated(masked, rule):
+    old, updates = masked
+    before = copy.deepcopy((old, updates))
+    new = aggregate(rule, old, updates, mix=0.5)
+    for key in old:
+        np.testing.assert_array_equal(old[key], before[0][key])
+        assert not np.shares_memory(new[key], old[key])
+    for u, b in zip(updates, before[1], strict=True):
+        for key in u.weights:
+            np.testing.assert_array_equal(u.weights[key], b.weights[key])
+        np.testing.assert_array_equal(u.mask["w"], b.mask["w"])
+
+
+def _update(client=0, weight=1.0, weights=None, mask=None):
+    return ClientUpdate(client, weights if weights is not None else {"w": f32(1, 2)}, mask, weight)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "updates", "match"),
+    [
+        ({"rule": "ma"}, [], "no client updates"),
+        ({"rule": "mean"}, [_update()], "unknown aggregation rule"),
+        ({"rule": "ma", "mix": 1.5}, [_update()], "mix"),
+        ({"rule": "ga", "server_lr": 0.0}, [_update()], "server_lr"),
+        ({"rule": "ma"}, [_update(weight=0.0)], "weight"),
+        ({"rule": "ma"}, [_update(weight=-1.0)], "weight"),
+        ({"rule": "ma"}, [_update(weight=float("nan"))], "weight"),
+        ({"rule": "ma"}, [_update(), _update()], "more than one update"),
+        ({"rule": "ma"}, [_update(weights={"v": f32(1, 2)})], "'v'"),
+        ({"rule": "ma"}, [_update(weights={"w": f32(1, 2, 3)})], "'w' has shape"),
+        ({"rule": "ma"}, [_update(mask={"w": np.ones(3, bool)})], "mask 'w'"),
+        ({"rule": "ma"}, [_update(mask={"w": np.ones(2)})], "mask 'w'"),
+        ({"rule": "ma"}, [_update(mask={"x": np.ones(2, bool)})], "mask key 'x'"),
+    ],
+)
+def test_errors(kwargs, updates, match):
+    with pytest.raises(ValueError, match=match):
+        aggregate(old={"w": f32(0, 0)}, updates=updates, **kwargs)
+
+
+def test_apply_mask():
+    weights = {"w": f32(1, -2, 3), "b": f32(4, 5), "n": np.array([6, 7], np.int64)}
+    mask = {"w": np.array([1, 0, 1], bool), "n": np.array([0, 1], bool)}
+    out = apply_mask(weights, mask)
+    np.testing.assert_array_equal(out["w"], f32(1, 0, 3))
+    np.testing.assert_array_equal(out["b"], f32(4, 5))
+    np.testing.assert_array_equal(out["n"], np.array([0, 7]))
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in weights.items()}
+    assert all(not np.shares_memory(out[k], weights[k]) for k in weights)
+    np.testing.assert_array_equal(weights["w"], f32(1, -2, 3))
+    assert apply_mask(weights, None).keys() == weights.keys()
+    with pytest.raises(ValueError, match="mask 'b'"):
+        apply_mask(weights, {"b": np.ones(3, bool)})

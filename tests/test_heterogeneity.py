@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from raypfl.config import ClientsConfig, ComputeConfig
+from raypfl.sim.heterogeneity import (
+    BandwidthNoise,
+    ClientClass,
+    assign_workers,
+    client_classes,
+    client_profiles,
+    compute_seconds,
+    level_counts,
+    merged_options,
+)
+
+
+@pytest.mark.parametrize(("level", "counts", "mean_density"), [
+    ("high", [1, 1, 1, 1, 6], 0.21),
+    ("medium", [1, 1, 2, 3, 3], 0.235),
+    ("low", [2, 2, 2, 2, 2], 0.37),
+])
+def test_paper_levels_for_ten_clients(level: str, counts: list[int], mean_density: float) -> None:
+    # spec A.1 table: class shares → initial densities and their mean
+    cfg = ClientsConfig(num_clients=10, heterogeneity=level)
+    assert [n for _, n in client_classes(cfg)] == counts
+    profiles = client_profiles(cfg)
+    assert np.mean([p.density for p in profiles]) == pytest.approx(mean_density)
+    assert profiles[0].density == 1.0
+
+
+def test_bandwidth_is_tied_to_the_class_density() -> None:
+    weakest = client_profiles(ClientsConfig(num_clients=10, heterogeneity="high"))[-1]
+    assert (weakest.density, weakest.download_mbps, weakest.upload_mbps) == (0.05, 1.0, 0.25)
+
+
+def test_reference_client_always_in_the_strongest_class() -> None:
+    assert level_counts((0.1, 0.1, 0.1, 0.1, 0.6), 3) == [1, 0, 0, 0, 2]
+    assert sum(level_counts((0.1, 0.1, 0.2, 0.3, 0.3), 37)) == 37
+
+
+def test_default_resources_are_gpu_fractions_with_explicit_cpu() -> None:
+    classes = [k for k, _ in client_classes(ClientsConfig(num_clients=10, heterogeneity="high"))]
+    assert [k.resources["GPU"] for k in classes] == [0.5, 0.25, 0.1, 0.1, 0.1]
+    assert all(k.actor_options()["num_cpus"] == 0.0 for k in classes)
+
+
+def test_explicit_classes_and_custom_resources() -> None:
+    cfg = ClientsConfig.model_validate({"num_clients": 3, "heterogeneity": [
+        {"name": "fast", "density": 1.0, "count": 1, "download_mbps": 30, "upload_mbps": 6,
+         "resources": {"GPU": 0.5, "pool_fast": 1}},
+        {"name": "slow", "density": 0.2, "count": 2, "download_mbps": 2, "upload_mbps": 0.5}]})
+    fast, slow = (k for k, _ in client_classes(cfg))
+    assert fast.actor_options() == {"num_cpus": 0.0, "num_gpus": 0.5, "resources": {"pool_fast": 1}}
+    assert slow.resources == {"CPU": 0.0, "GPU": 0.1}
+    assert merged_options([fast, slow]) == {"num_cpus": 0.0, "num_gpus": 0.5, "resources": {"pool_fast": 1}}
+
+
+def test_noise_is_seeded_and_matches_the_lognormal_mean() -> None:
+    noise = BandwidthNoise(seed=7)
+    assert noise.client(3, 5) == noise.client(3, 5)
+    assert noise.client(3, 5) != noise.client(3, 6)
+    samples = np.array([noise.client(0, c) for c in range(4000)])
+    # mean of LogNormal(0, 0.3) = exp(0.045) ≈ 1.046 (spec A.1: ≈ +4.6 % bias); std of a 20-draw mean ≈ 7 %
+    assert samples.mean() == pytest.approx(np.exp(0.3**2 / 2), abs=0.01)
+    assert samples.std() == pytest.approx(0.07, abs=0.01)
+    assert BandwidthNoise(seed=1, client_sigma=0.0).client(0, 0) == (1.0, 1.0)
+
+
+def test_compute_models() -> None:
+    klass = ClientClass("c", 0.5, 10, 2, tflops=2.0)
+    assert compute_seconds(ComputeConfig(), klass, 0.5, 1e12) == 0.5
+    # flops: 4e12 FLOPs per round × density 0.5 / 2 TFLOP/s = 1 s
+    assert compute_seconds(ComputeConfig(kind="flops"), klass, 0.5, 4e12) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("workers", "served", "client_worker"), [
+    (1, [[0, 1, 2, 3, 4]], [0] * 10),
+    (2, [[0, 1, 2], [3, 4]], [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]),
+    (5, [[0], [1], [2], [3], [4]], [0, 1, 2, 3, 4, 4, 4, 4, 4, 4]),
+    (6, [[0], [1], [2], [3], [4], [4]], [0, 1, 2, 3, 4, 5, 4, 5, 4, 5]),
+])
+def test_workers_split_over_classes(workers: int, served: list[list[int]], client_worker: list[int]) -> None:
+    assert assign_workers([1, 1, 1, 1, 6], workers) == (served, client_worker)

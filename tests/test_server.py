@@ -1,0 +1,158 @@
+"""The pure server loop on a hand-checkable timeline, with a fake trainer (no Ray, no torch)."""
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from raypfl.config import Config
+from raypfl.fl.jobs import TrainJob, TrainResult, Weights
+from raypfl.fl.server import Server
+from raypfl.sim.heterogeneity import client_profiles
+
+STRONG = {"name": "strong", "density": 1.0, "count": 1, "download_mbps": 20, "upload_mbps": 5}
+WEAK = {"name": "weak", "density": 0.05, "count": 1, "download_mbps": 1, "upload_mbps": 0.25}
+
+
+class FakeTrainer:
+    """Each job returns its model + 1 with 10 samples; remembers what was submitted."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, TrainJob] = {}
+        self.submitted: list[tuple[int, int, int]] = []
+
+    def submit(self, jobs: list[TrainJob]) -> None:
+        for job in jobs:
+            self.pending[job.client] = job
+            self.submitted.append((job.client, job.version, job.cycle))
+
+    def ready(self, client: int) -> bool:
+        return True
+
+    def collect(self, clients: list[int]) -> dict[int, TrainResult]:
+        out = {}
+        for c in clients:
+            job = self.pending.pop(c)
+            out[c] = TrainResult(c, job.version, job.cycle, {"w": job.weights["w"] + 1.0}, 10, 0.1)
+        return out
+
+
+def evaluate(weights: Weights) -> tuple[float, float]:
+    return float(weights["w"][0]) / 1000.0, 0.0
+
+
+def make_config(classes: list[dict[str, Any]], algorithm: dict[str, Any], budget_s: float,
+                eval_every: int = 1) -> Config:
+    return Config.model_validate({
+        "clients": {"num_clients": sum(c["count"] for c in classes), "heterogeneity": classes},
+        "network": {"client_noise_sigma": 0.0, "server_noise_sigma": 0.0, "size_model": "parity",
+                    "model_size_mb": 37.2},
+        "algorithm": algorithm,
+        "budget": {"virtual_time_s": budget_s, "eval_every": eval_every},
+    })
+
+
+def make_server(cfg: Config, trainer: FakeTrainer | None = None) -> Server:
+    return Server(cfg, client_profiles(cfg.clients), {"w": np.zeros(3, dtype=np.float32)}, 37.2, 0.0,
+                  trainer or FakeTrainer(), evaluate)
+
+
+def run_all(server: Server) -> list[dict[str, Any]]:
+    records = [server.run_until_eval().as_dict()]
+    while not server.done:
+        records.append(server.run_until_eval().as_dict())
+    return records
+
+
+REFERENCE = {"name": "fedasync", "trigger": "reference_window", "grace_s": 0.5, "server_time_s": 0.5,
+             "rule": "ma", "mixing": None}
+
+
+def test_worked_example_round_time_of_the_full_model_client() -> None:
+    # spec A.3: 37.2 MB at min(10, 20) MB/s = 3.72 s download, 0.5 s compute, 37.2/5 = 7.44 s upload,
+    # + 0.5 s grace + 0.5 s server step = 12.66 s per round; the first flush is at 3.72 + 0.5 + 7.44 + 0.5.
+    server = make_server(make_config([STRONG], REFERENCE, budget_s=40.0))
+    records = run_all(server)
+    times = [r["virtual_time_s"] for r in records]
+    assert times[:4] == pytest.approx([0.0, 12.16, 24.82, 37.48])
+    assert records[-1]["virtual_time_s"] == 40.0  # the budget's end is evaluated too
+    assert records[1]["bytes_up"] == round(37.2 * 2**20)
+    assert records[1]["bytes_down"] == round(37.2 * 2**20)  # the second broadcast leaves 0.5 s later
+    assert records[2]["bytes_down"] == 2 * round(37.2 * 2**20)
+
+
+def test_weak_client_arrives_late_and_stale() -> None:
+    # The 0.05 class on the dense model: 37.2/1 + 0.5 + 37.2/0.25 = 186.5 s (spec A.3, "once restored").
+    # Reference flushes happen at 12.16 + 12.66 k; the first at or after 186.5 is k = 14 (189.4 s), when 14
+    # aggregations have happened since the weak client downloaded version 0: it missed 14.
+    server = make_server(make_config([STRONG, WEAK], REFERENCE, budget_s=190.0))
+    records = run_all(server)
+    weak = server.client_summary()[1]
+    assert weak["updates"] == 1
+    assert weak["mean_staleness"] == 14
+    flush = next(r for r in records if r["round"] == 15)
+    assert flush["virtual_time_s"] == pytest.approx(12.16 + 14 * 12.66)
+    assert flush["buffer_size"] == 2
+
+
+def test_synchronous_rounds_wait_for_the_slowest_client() -> None:
+    cfg = make_config([STRONG, WEAK], {"name": "fedavg"}, budget_s=400.0)
+    records = run_all(make_server(cfg))
+    # round 1 at 186.5 (weak arrival), round 2 at 186.5 + 0.5 + 186.5 = 373.5
+    assert [r["virtual_time_s"] for r in records[1:3]] == pytest.approx([186.5, 373.5])
+    assert all(r["staleness_mean"] == 0 for r in records)
+    assert records[2]["updates"] == 4
+
+
+def test_every_arrival_aggregates_one_update_at_a_time_with_staleness() -> None:
+    cfg = make_config([STRONG, WEAK], {"name": "fedasync", "server_time_s": 0.5}, budget_s=200.0)
+    server = make_server(cfg)
+    records = run_all(server)
+    assert all(r["buffer_size"] in (0, 1) for r in records)
+    strong, weak = server.client_summary()
+    assert weak["updates"] == 1 and weak["mean_staleness"] > 10
+    assert strong["mean_staleness"] < 0.1  # it missed one aggregation: the weak client's arrival
+    assert records[-1]["updates"] == strong["updates"] + weak["updates"]
+
+
+def test_count_buffer_flushes_at_k_updates() -> None:
+    cfg = make_config([STRONG, {**STRONG, "name": "strong2"}, WEAK],
+                      {"name": "fedbuff", "buffer_size": 2}, budget_s=100.0)
+    records = run_all(make_server(cfg))
+    assert {r["buffer_size"] for r in records[1:-1]} == {2.0}
+
+
+def test_fifo_ingress_delays_the_second_upload() -> None:
+    # Two full-model clients upload 37.2 MB at 5 MB/s through a 6 MB/s server ingress: the first gets
+    # 5 MB/s, the second 1 MB/s until the first is done at 4.22 + 7.44 = 11.66 s.
+    cfg = make_config([{**STRONG, "count": 2}], {"name": "fedavg"}, budget_s=30.0)
+    cfg.network.server_down_mbps = 6.0
+    records = run_all(make_server(cfg))
+    # second: 7.44 s × 1 MB/s = 7.44 MB sent by 11.66 s, the other 29.76 MB at 5 MB/s → 11.66 + 5.952
+    assert records[1]["virtual_time_s"] == pytest.approx(11.66 + 29.76 / 5)
+
+
+def test_max_rounds_stops_the_run() -> None:
+    cfg = make_config([STRONG], REFERENCE, budget_s=1e6)
+    cfg.budget.max_rounds = 3
+    records = run_all(make_server(cfg))
+    assert records[-1]["round"] == 3
+
+
+def test_snapshot_restore_continues_identically() -> None:
+    cfg = make_config([STRONG, WEAK, {**STRONG, "name": "s2"}], {"name": "fedasync"}, budget_s=400.0,
+                      eval_every=3)
+    whole = run_all(make_server(cfg))
+    first = make_server(cfg)
+    part = [first.run_until_eval().as_dict() for _ in range(4)]
+    snap = first.snapshot()
+    second = make_server(cfg)
+    second.restore(snap)
+    rest = []
+    while not second.done:
+        rest.append(second.run_until_eval().as_dict())
+
+    def strip(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+
+    assert strip(part + rest) == strip(whole)
