@@ -118,7 +118,7 @@ class NetworkConfig(Section):
     client_noise_sigma: Annotated[float, Field(ge=0.0)] = 0.3
     server_noise_sigma: Annotated[float, Field(ge=0.0)] = 0.1
     noise_draws: int = Field(20, ge=1)
-    size_model: Literal["dense", "parity"] = "dense"
+    size_model: Literal["sparse", "parity"] = "sparse"
     model_size_mb: Positive | None = None
 
     @model_validator(mode="after")
@@ -134,21 +134,54 @@ class StalenessConfig(Section):
     b: int = Field(2, ge=0)
 
 
+class PruningConfig(Section):
+    """Sub-models (spec C): clients start at their class density and train nested unstructured masks."""
+
+    enabled: bool = False
+    importance: Literal["magnitude", "magnitude_per_cost", "grad_sq"] = "magnitude"
+    layer_floor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    balance: bool = False
+
+
+class RecoveryConfig(Section):
+    """Gradual model restoration (spec D): when and how client densities grow back towards 1."""
+
+    trigger: Literal["none", "plateau", "time", "mixed"] = "none"
+    client_trigger: bool = True
+    patience: int = Field(5, ge=1)
+    step: Literal["ladder", "fixed", "additive"] = "ladder"
+    step_size: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    time_total_s: Positive | None = None
+    time_points: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [0.2, 0.4, 0.6, 0.8, 1.0]
+    time_ladder: list[Density] = [0.05, 0.1, 0.2, 0.5, 1.0]
+    rollback: bool = False
+    client_eval_samples: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _points_match_ladder(self) -> RecoveryConfig:
+        if len(self.time_points) != len(self.time_ladder):
+            raise ValueError("recovery.time_points and recovery.time_ladder must have the same length")
+        return self
+
+
 class AlgorithmConfig(Section):
     """`name` selects a preset (raypfl.fl.algorithms); every other key given here overrides the preset."""
 
-    name: Literal["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex", "fjord"] = (
-        "fedasync"
-    )
-    trigger: Literal["synchronous", "every_arrival", "count", "reference_window"]
+    name: Literal["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex", "fjord"] = "fedgmr"
+    trigger: Literal["synchronous", "every_arrival", "count", "reference_window", "fixed_window"]
     buffer_size: int = Field(ge=1)
+    min_arrivals: int = Field(ge=1)
     reference_clients: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     grace_s: Annotated[float, Field(ge=0.0)]
     server_time_s: Annotated[float, Field(ge=0.0)]
     rule: Literal["ma", "ma_mix", "fa", "ga"]
     mixing: Annotated[float, Field(gt=0.0, le=1.0)] | None
     server_lr: Positive
+    scope: Literal["window", "cache"]
+    ims: bool
     staleness: StalenessConfig
+    pruning: PruningConfig
+    recovery: RecoveryConfig
 
     @model_validator(mode="before")
     @classmethod
@@ -163,8 +196,8 @@ class AlgorithmConfig(Section):
         base = preset(name)
         merged = copy.deepcopy(base)
         for key, value in data.items():
-            if key == "staleness" and isinstance(value, dict):
-                merged["staleness"] = {**merged.get("staleness", {}), **value}
+            if key in ("staleness", "pruning", "recovery") and isinstance(value, dict):
+                merged[key] = {**merged.get(key, {}), **value}
             else:
                 merged[key] = value
         return merged
@@ -182,9 +215,10 @@ class TrainingConfig(Section):
 
 
 class BudgetConfig(Section):
-    virtual_time_s: Positive = 3000.0
+    virtual_time_s: Positive = 1200.0
     max_rounds: int | None = Field(None, ge=1)
     eval_every: int = Field(10, ge=1)
+    eval_samples: int | None = Field(None, ge=1)
     target_accuracies: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [0.8, 0.9]
 
 

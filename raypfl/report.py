@@ -39,8 +39,9 @@ def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
             writer.writerow([record[k] for k in scalar_keys] + [f"{d:g}" for d in record["densities"]])
 
 
-def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    """Accuracy and mean density against virtual time."""
+def plot_curves(path: Path, history: list[dict[str, Any]], title: str,
+                changes: list[dict[str, Any]] | None = None) -> None:
+    """Accuracy and client density against virtual time; restoration steps of the density floor are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +55,12 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
     ax_acc.grid(alpha=0.3)
     ax_acc.set_title(title)
     ax_den.plot(t, [r["mean_density"] for r in history], color="tab:green", label="mean")
-    ax_den.plot(t, [min(r["densities"]) for r in history], color="tab:orange", linestyle="--", label="min")
+    ax_den.plot(t, [r["min_density"] for r in history], color="tab:orange", linestyle="--", label="min")
+    steps = [c for c in changes or [] if c["client"] < 0]
+    for k, change in enumerate(steps):
+        for ax in (ax_acc, ax_den):
+            ax.axvline(change["time_s"], color="tab:red", alpha=0.35, linewidth=1,
+                       label="floor raised" if k == 0 and ax is ax_den else None)
     ax_den.set_ylim(0, 1.05)
     ax_den.set_ylabel("client density")
     ax_den.set_xlabel("virtual time (s)")

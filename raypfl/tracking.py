@@ -66,9 +66,7 @@ class RunTracker:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        values = dict(record)
-        values["min_density"] = min(record["densities"]) if record["densities"] else 1.0
-        metrics = [Metric(k, float(values[k]), stamp, int(record["round"])) for k in EVAL_METRICS if k in values]
+        metrics = [Metric(k, float(record[k]), stamp, int(record["round"])) for k in EVAL_METRICS]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_summary(self, result: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedbuff"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl"])
 def test_preset_runs_end_to_end_with_contract_outputs(algorithm: str, tmp_path: Path, tracking_uri: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
@@ -48,7 +48,7 @@ def test_preset_runs_end_to_end_with_contract_outputs(algorithm: str, tmp_path: 
                 "history", "clients"):
         assert key in saved, key
     assert saved["algorithm"] == algorithm and result["virtual_time_s"] == 60.0
-    assert result["client_updates"] > 0 and result["bytes_down"] > result["bytes_up"] > 0
+    assert result["client_updates"] > 0 and result["bytes_down"] > 0 and result["bytes_up"] > 0
     record = saved["history"][-1]
     for key in ("round", "virtual_time_s", "wall_time_s", "accuracy", "loss", "mean_density", "densities",
                 "bytes_up", "bytes_down", "staleness_mean", "buffer_size"):
@@ -84,14 +84,17 @@ def test_training_learns_digits(tmp_path: Path) -> None:
 def test_history_does_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
     histories = []
     for workers in (1, 3):
-        cfg = load_config(overrides=[*SMALL, "tracking.enabled=false", f"runtime.num_workers={workers}"])
+        cfg = load_config(overrides=[*SMALL, "tracking.enabled=false", f"runtime.num_workers={workers}",
+                                     "algorithm.name=fedgmr", "algorithm.recovery.patience=1"])
         histories.append(comparable(run(cfg, tmp_path / f"w{workers}")["history"]))
     assert histories[0] == histories[1]
     assert len(histories[0]) > 3
+    assert len({tuple(r["densities"]) for r in histories[0]}) > 1  # restoration happened on the way
 
 
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    cfg = load_config(overrides=[*SMALL, "tracking.enabled=false", "algorithm.name=fedasync"])
+    cfg = load_config(overrides=[*SMALL, "tracking.enabled=false", "algorithm.name=prfl",
+                                 "algorithm.recovery.patience=1"])
     whole = run(cfg, tmp_path / "whole")["history"]
 
     # Interrupt a run after three evaluations: its snapshot is what the driver checkpoints. One thread, as
@@ -102,7 +105,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -
     trainer = InProcessTrainer(ClientTrainer(exp.spec, exp.dataset.x_train, exp.dataset.y_train, exp.parts,
                                              cfg.training, cfg.experiment.seed))
     evaluator = TestEvaluator(exp.spec, exp.dataset.x_test, exp.dataset.y_test, 1000, cfg.training.loss)
-    server = Server(cfg, exp.classes, exp.weights, exp.model_mb, exp.flops_per_round, trainer, evaluator)
+    server = Server(cfg, exp.classes, exp.weights, exp.sizes, exp.facts, trainer, evaluator)
     for _ in range(3):
         server.run_until_eval()
     run_dir = tmp_path / "interrupted"

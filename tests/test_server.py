@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from raypfl.config import Config
+from raypfl.fl.distribution import SizeModel
 from raypfl.fl.jobs import TrainJob, TrainResult, Weights
 from raypfl.fl.server import Server
+from raypfl.fl.submodels import ModelFacts
 from raypfl.sim.heterogeneity import client_profiles
 
 STRONG = {"name": "strong", "density": 1.0, "count": 1, "download_mbps": 20, "upload_mbps": 5}
@@ -37,7 +39,7 @@ class FakeTrainer:
         return out
 
 
-def evaluate(weights: Weights) -> tuple[float, float]:
+def evaluate(weights: Weights, limit: int | None = None) -> tuple[float, float]:
     return float(weights["w"][0]) / 1000.0, 0.0
 
 
@@ -53,8 +55,9 @@ def make_config(classes: list[dict[str, Any]], algorithm: dict[str, Any], budget
 
 
 def make_server(cfg: Config, trainer: FakeTrainer | None = None) -> Server:
-    return Server(cfg, client_profiles(cfg.clients), {"w": np.zeros(3, dtype=np.float32)}, 37.2, 0.0,
-                  trainer or FakeTrainer(), evaluate)
+    sizes = SizeModel("parity", prunable_params=3, other_params=0, model_size_mb=37.2)
+    return Server(cfg, client_profiles(cfg.clients), {"w": np.zeros(3, dtype=np.float32)}, sizes,
+                  ModelFacts([], {}, 0.0), trainer or FakeTrainer(), evaluate)
 
 
 def run_all(server: Server) -> list[dict[str, Any]]:
@@ -156,3 +159,52 @@ def test_snapshot_restore_continues_identically() -> None:
         return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
 
     assert strip(part + rest) == strip(whole)
+
+
+FIVE_CLASSES = [{"name": f"d{d:g}", "density": d, "count": 1, "download_mbps": 20 * d, "upload_mbps": 5 * d}
+                for d in (1.0, 0.5, 0.2, 0.1, 0.05)]
+
+
+def pruned_server(ims: bool, recovery: dict[str, Any] | None = None, evaluator: Any = evaluate) -> Server:
+    cfg = make_config(FIVE_CLASSES, {"name": "fedgmr", "ims": ims, "recovery": recovery or {"trigger": "none"}},
+                      budget_s=200.0)
+    sizes = SizeModel("parity", prunable_params=40, other_params=0, model_size_mb=37.2)
+    weights = {"w": np.linspace(-1, 1, 40).astype(np.float32)}
+    return Server(cfg, client_profiles(cfg.clients), weights, sizes, ModelFacts(["w"], {"w": 2.0}, 0.0),
+                  FakeTrainer(), evaluator)
+
+
+@pytest.mark.parametrize(("ims", "full_models"), [(True, 1.0), (False, 1.85)])
+def test_ims_sends_one_full_model_per_broadcast(ims: bool, full_models: float) -> None:
+    # spec B.5: the five classes 1.0/0.5/0.2/0.1/0.05 need 1.85 full models as separate sub-models, but the
+    # ascending increments add up to one full model.
+    server = pruned_server(ims)
+    first = server.run_until_eval()
+    assert first.bytes_down == round(full_models * 37.2 * 2**20)
+    assert first.densities == [1.0, 0.5, 0.2, 0.1, 0.05]
+
+
+def test_clients_train_nested_masks_of_their_density() -> None:
+    server = pruned_server(ims=True)
+    server.run_until_eval()
+    jobs = server.trainer.pending
+    assert jobs[0].mask is None
+    sizes = {c: int(jobs[c].mask["w"].sum()) for c in range(1, 5)}
+    assert sizes == {1: 20, 2: 8, 3: 4, 4: 2}  # round(d · 40)
+    for small, big in ((4, 3), (3, 2), (2, 1)):
+        assert not (jobs[small].mask["w"] & ~jobs[big].mask["w"]).any()  # nested
+
+
+def test_plateau_restores_densities_and_logs_every_change() -> None:
+    # A global accuracy that never improves: the first plateau arms the trigger, the next ones step the floor
+    # up the ladder of class densities, and every raised client is logged.
+    server = pruned_server(ims=True, recovery={"trigger": "plateau", "patience": 1, "client_trigger": False},
+                           evaluator=lambda w, limit=None: (0.5, 1.0))
+    records = run_all(server)
+    log = server.density_log
+    floors = [(c["old"], c["new"]) for c in log if c["client"] == -1]
+    assert floors[:2] == [(0.05, 0.1), (0.1, 0.2)]
+    raised = [(c["client"], c["old"], c["new"]) for c in log if c["reason"] == "floor raised"]
+    assert raised[0] == (4, 0.05, 0.1)  # only the weakest client sits below the new floor 0.1
+    assert records[-1]["densities"][4] >= 0.2
+    assert all(r["min_density"] == min(r["densities"]) for r in records)

@@ -16,6 +16,22 @@ fedbuff (Nguyen et al., 2022)
     Arrivals collect in a buffer; when it holds K = `buffer_size` updates the server applies their
     staleness-weighted mean update with a server learning rate η = `server_lr`:
     W ← W + η Σ λ_i (w_i − W) / Σ λ_i, with s(m) = (m + 1)^−1/2.
+
+fedgmr (FedGMR: gradual model restoration)
+    Client i trains a nested unstructured sub-model of density d_i, starting at its bandwidth class
+    (1.0 … 0.05); masks keep a 2 % per-layer floor of the largest |w|, then the globally best |w| / κ_l (κ_l the
+    layer's per-weight cost). Uploads arriving by Δ s after the reference client form the buffer, merged by
+    mask-aware averaging: W[k] ← Σ λ_i m_i[k] w_i[k] / Σ λ_i m_i[k] where someone holds k, else W[k] stays.
+    At every evaluation a plateau of the global accuracy raises the density floor one ladder step
+    (0.05 → 0.1 → 0.2 → 0.5 → 1.0) and a plateau of a client's own accuracy raises that client one step.
+    Sub-models go out as ascending-density increments (IMS): one full model per broadcast instead of one copy
+    per distinct sub-model.
+
+prfl (PR-FL: pruning and recovery)
+    The same sub-models and mask-aware averaging, but over a server cache of every client's latest upload with
+    staleness recomputed at each aggregation, a fixed aggregation window that waits for two arrivals,
+    squared-gradient importance, first-stage balancing of densities to equalise round times, additive recovery
+    (d ← d + 0.2) and a rollback to the best model before each restoration step.
 """
 
 from __future__ import annotations
@@ -25,11 +41,16 @@ from typing import Any
 
 _COMMON: dict[str, Any] = {
     "buffer_size": 1,
+    "min_arrivals": 2,
     "reference_clients": [0],
     "grace_s": 0.5,
     "server_time_s": 0.5,
     "mixing": None,
     "server_lr": 1.0,
+    "scope": "window",
+    "ims": False,
+    "pruning": {"enabled": False},
+    "recovery": {"trigger": "none"},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -39,6 +60,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "staleness": {"kind": "poly", "a": 0.6, "b": 2}},
     "fedbuff": {**_COMMON, "trigger": "count", "buffer_size": 3, "rule": "ga",
                 "staleness": {"kind": "poly", "a": 0.5, "b": 2}},
+    "fedgmr": {**_COMMON, "trigger": "reference_window", "rule": "ma", "ims": True,
+               "staleness": {"kind": "poly", "a": 0.6, "b": 2},
+               "pruning": {"enabled": True, "importance": "magnitude_per_cost", "layer_floor": 0.02},
+               "recovery": {"trigger": "plateau", "client_trigger": True, "patience": 5, "step": "ladder"}},
+    "prfl": {**_COMMON, "trigger": "fixed_window", "grace_s": 1.0, "min_arrivals": 2, "rule": "ma",
+             "scope": "cache", "ims": True, "staleness": {"kind": "poly", "a": 0.6, "b": 2},
+             "pruning": {"enabled": True, "importance": "grad_sq", "layer_floor": 0.05, "balance": True},
+             "recovery": {"trigger": "plateau", "client_trigger": True, "patience": 5, "step": "additive",
+                          "step_size": 0.2, "rollback": True}},
 }
 
 

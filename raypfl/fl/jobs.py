@@ -20,6 +20,7 @@ class TrainJob:
     mask: Mask | None
     lr: float
     local_steps: int
+    want_grads: bool = False  # also return squared gradients (PR-FL's importance)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class TrainResult:
     weights: Weights
     n_samples: int
     loss: float
+    mask: Mask | None = None  # the mask it trained under: explicit, never inferred from zeros (spec H.4)
+    grads: dict[str, np.ndarray] | None = None
 
 
 class Trainer(Protocol):
@@ -43,6 +46,6 @@ class Trainer(Protocol):
 
 
 class Evaluator(Protocol):
-    def __call__(self, weights: Weights) -> tuple[float, float]:
-        """(accuracy, mean loss) of a global model on the test set."""
+    def __call__(self, weights: Weights, limit: int | None = None) -> tuple[float, float]:
+        """(accuracy, mean loss) of a model on the test set (its first `limit` samples when given)."""
         ...

@@ -2,7 +2,8 @@
 
 A client cycle is download → local training → upload. Uploads share the server's ingress first-come-first-
 served; an arrival joins the buffer, and the trigger decides when the buffer is aggregated. After the server's
-processing time, the clients whose updates were aggregated download the new model and start again.
+processing time, the clients whose updates were aggregated download the new model and start again. At every
+evaluation the server may restore client densities (GMR) and rebuilds the nested sub-model masks.
 
 Determinism (design principle 2): every duration is known when a client is dispatched (sizes, noise and
 compute time depend on the config, the seed and counters, never on training results or wall time), so the
@@ -20,15 +21,19 @@ import numpy as np
 
 from raypfl.config import Config
 from raypfl.fl.aggregation import ClientUpdate, aggregate
-from raypfl.fl.jobs import Evaluator, Trainer, TrainJob, TrainResult, Weights
+from raypfl.fl.distribution import SizeModel, plan_broadcast
+from raypfl.fl.jobs import Evaluator, Mask, Trainer, TrainJob, TrainResult, Weights
+from raypfl.fl.recovery import DensityChange, RecoveryScheduler, balance_densities
 from raypfl.fl.staleness import Staleness, StalenessLedger
+from raypfl.fl.submodels import ModelFacts, SubModels
 from raypfl.fl.triggers import make_trigger
-from raypfl.sim.clock import MB, EventQueue, SharedUplink, download_seconds
+from raypfl.sim.clock import MB, EventQueue, SharedUplink
 from raypfl.sim.heterogeneity import BandwidthNoise, ClientClass, compute_seconds
 
 # Event ranks at equal times: uploads start before broadcasts are dispatched, flushes come last so that
 # every arrival at the flush time is still admitted (spec H.9: admit iff R_i ≤ T_agg).
 _UPLOAD, _BROADCAST, _FLUSH = 0, 1, 2
+_CYCLE_HISTORY = 5  # cycle durations kept per client for PR-FL's density balancing
 
 
 @dataclass
@@ -37,10 +42,23 @@ class ClientState:
     cycle: int = 0
     status: str = "training"  # training | uploading | buffered | idle (aggregated, awaiting the broadcast)
     density: float = 1.0
+    job_density: float = 1.0  # the density of the sub-model it is training now
+    mask_generation: int = 0
+    dispatched_at: float = 0.0
+    cycle_times: list[float] = field(default_factory=list)
     upload_mb: float = 0.0
     upload_rate: float = 0.0
     updates: int = 0
     missed_total: int = 0
+    fresh: bool = False  # uploaded since its last client evaluation
+
+
+@dataclass
+class CachedUpdate:
+    version: int
+    weights: Weights
+    mask: Mask | None
+    n_samples: int
 
 
 @dataclass
@@ -51,6 +69,7 @@ class EvalRecord:
     accuracy: float
     loss: float
     mean_density: float
+    min_density: float
     densities: list[float]
     bytes_up: int
     bytes_down: int
@@ -75,43 +94,51 @@ class _Window:
 class ServerState:
     weights: Weights
     models: dict[int, Weights] = field(default_factory=dict)  # versions that clients still train on
+    cache: dict[int, CachedUpdate] = field(default_factory=dict)  # latest upload per client
+    best: tuple[float, Weights, dict[int, CachedUpdate]] | None = None  # for PR-FL's rollback
     round: int = 0
     now: float = 0.0
     clients: list[ClientState] = field(default_factory=list)
     buffer: list[int] = field(default_factory=list)
     flush_pending: bool = False
+    last_flush: float = 0.0
     broadcasts: dict[int, list[int]] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
     updates: int = 0
     window: _Window = field(default_factory=_Window)
+    density_log: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
 
 
 class Server:
-    """Owns the global model, the virtual clock, the buffer and the staleness ledger; drives a Trainer."""
+    """Owns the global model, the virtual clock, the buffer, the masks and the recovery schedule."""
 
-    def __init__(self, cfg: Config, classes: list[ClientClass], weights: Weights, model_mb: float,
-                 flops_per_round: float, trainer: Trainer, evaluator: Evaluator) -> None:
+    def __init__(self, cfg: Config, classes: list[ClientClass], weights: Weights, sizes: SizeModel,
+                 facts: ModelFacts, trainer: Trainer, evaluator: Evaluator) -> None:
         if len(classes) != cfg.clients.num_clients:
             raise ValueError("one class per client is needed")
         self.cfg = cfg
+        self.alg = cfg.algorithm
         self.classes = classes
-        self.model_mb = model_mb
-        self.flops_per_round = flops_per_round
+        self.sizes = sizes
+        self.facts = facts
         self.trainer = trainer
         self.evaluator = evaluator
-        self.trigger = make_trigger(cfg.algorithm)
-        s = cfg.algorithm.staleness
+        self.trigger = make_trigger(self.alg)
+        s = self.alg.staleness
         self.staleness = Staleness(s.kind, s.a, s.b)
         net = cfg.network
         self.noise = BandwidthNoise(cfg.experiment.seed, net.client_noise_sigma, net.server_noise_sigma,
                                     net.noise_draws)
-        self.state = ServerState(weights=weights,
-                                 clients=[ClientState() for _ in range(cfg.clients.num_clients)])
+        pruned = self.alg.pruning.enabled
+        initial = [k.density if pruned else 1.0 for k in classes]
+        self.state = ServerState(weights=weights, clients=[ClientState(density=d, job_density=d) for d in initial])
         self.queue = EventQueue()
         self.uplink = SharedUplink(net.server_down_mbps * self.noise.server(0)[1])
         self.ledger = StalenessLedger()
+        self.submodels = SubModels(self.alg.pruning, facts, cfg.training.local_steps)
+        self.recovery = RecoveryScheduler(self.alg.recovery, initial, cfg.budget.virtual_time_s)
         self.history: list[EvalRecord] = []
         self._wall0 = time.monotonic()
         self._wall_offset = 0.0
@@ -129,6 +156,7 @@ class Server:
             self._started = True
             self._wall0, self._t0 = time.monotonic(), self.state.now
             if not self.history:
+                self._rebuild_masks()
                 self._broadcast(0.0, list(range(len(self.state.clients))))
                 return self._evaluate()
             self._resubmit_in_flight()
@@ -146,10 +174,15 @@ class Server:
 
     def client_summary(self) -> list[dict[str, Any]]:
         """Per client: id, class, initial and final density, aggregated updates, mean staleness."""
-        return [{"id": i, "class": self.classes[i].name, "initial_density": self.classes[i].density,
+        return [{"id": i, "class": self.classes[i].name,
+                 "initial_density": self.classes[i].density if self.alg.pruning.enabled else 1.0,
                  "final_density": cs.density, "updates": cs.updates,
                  "mean_staleness": cs.missed_total / cs.updates if cs.updates else None}
                 for i, cs in enumerate(self.state.clients)]
+
+    @property
+    def density_log(self) -> list[dict[str, Any]]:
+        return self.state.density_log
 
     # ------------------------------------------------------------------------------------------------
     # Event loop
@@ -158,13 +191,12 @@ class Server:
         budget = self.cfg.budget
         event = self.queue.peek()
         upload = self.uplink.next_completion()
-        next_time = min(t for t in (event.time if event else None, upload[0] if upload else None)
-                        if t is not None) if (event or upload) else None
-        if next_time is None or next_time > budget.virtual_time_s:
+        times = [t for t in (event.time if event else None, upload[0] if upload else None) if t is not None]
+        if not times or min(times) > budget.virtual_time_s:
             self.uplink.advance(budget.virtual_time_s)
             self.state.now = budget.virtual_time_s
             return self._finish()
-        self._pace(next_time)
+        self._pace(min(times))
         if upload is not None and (event is None or upload[0] <= event.time):
             self.uplink.advance(upload[0])
             self.state.now = upload[0]
@@ -175,28 +207,32 @@ class Server:
         self.uplink.advance(event.time)
         self.state.now = event.time
         if event.kind == "upload":
-            return self._start_upload(event.client)
+            self._start_upload(event.client)
+            return None
         if event.kind == "broadcast":
             self._broadcast(event.time, self.state.broadcasts.pop(event.client))
             return None
         return self._flush()
 
     def _broadcast(self, now: float, clients: list[int]) -> None:
-        """Send the current model to `clients`; each downloads, trains, then starts its upload."""
+        """Send sub-models to `clients` (as increments with IMS); each downloads, trains, then uploads."""
         st = self.state
         server_up = self.cfg.network.server_up_mbps * self.noise.server(st.round)[0]
         st.models[st.round] = st.weights
+        links = {c: self.noise.client(c, st.clients[c].cycle) for c in clients}
+        plan = plan_broadcast(self.sizes, {c: st.clients[c].density for c in clients},
+                              {c: self.classes[c].download_mbps * links[c][0] for c in clients}, server_up,
+                              self.alg.ims)
+        st.bytes_down += int(round(plan.egress_mb * MB))
         jobs = []
         for client in clients:
             cs = st.clients[client]
             klass = self.classes[client]
-            dl_factor, ul_factor = self.noise.client(client, cs.cycle)
-            mb = self.model_mb * cs.density
-            ready = (now + download_seconds(mb, klass.download_mbps * dl_factor, server_up)
-                     + compute_seconds(self.cfg.clients.compute, klass, cs.density, self.flops_per_round))
-            cs.version, cs.status = st.round, "training"
-            cs.upload_mb, cs.upload_rate = mb, klass.upload_mbps * ul_factor
-            st.bytes_down += int(round(mb * MB))
+            ready = now + plan.download_s[client] + compute_seconds(self.cfg.clients.compute, klass, cs.density,
+                                                                      self.facts.flops_per_round)
+            cs.version, cs.status, cs.dispatched_at = st.round, "training", now
+            cs.job_density, cs.mask_generation = cs.density, self.submodels.current
+            cs.upload_mb, cs.upload_rate = self.sizes.megabytes(cs.density), klass.upload_mbps * links[client][1]
             self.queue.push(ready, "upload", client, _UPLOAD)
             jobs.append(self._job(client))
         self.trainer.submit(jobs)
@@ -206,7 +242,8 @@ class Server:
         cs = self.state.clients[client]
         cycle = cs.cycle - 1 if cs.status == "buffered" else cs.cycle
         return TrainJob(client=client, version=cs.version, cycle=cycle, weights=self.state.models[cs.version],
-                        mask=None, lr=self.cfg.training.lr, local_steps=self.cfg.training.local_steps)
+                        mask=self.submodels.mask(cs.mask_generation, cs.job_density), lr=self.cfg.training.lr,
+                        local_steps=self.cfg.training.local_steps, want_grads=self.submodels.wants_grads)
 
     def _start_upload(self, client: int) -> None:
         if self.cfg.runtime.mode == "realtime" and not self.trainer.ready(client):
@@ -225,18 +262,19 @@ class Server:
         st.bytes_up += int(round(cs.upload_mb * MB))
         cs.status = "buffered"
         cs.cycle += 1
+        cs.cycle_times = [*cs.cycle_times, st.now - cs.dispatched_at][-_CYCLE_HISTORY:]
         st.buffer.append(client)
         if st.flush_pending:
             return
         in_flight = [i for i, c in enumerate(st.clients) if c.status in ("training", "uploading")]
-        when = self.trigger.flush_time(st.now, client, st.buffer, in_flight)
+        when = self.trigger.flush_time(st.now, client, st.buffer, in_flight, st.last_flush)
         if when is not None:
             st.flush_pending = True
             self.queue.push(when, "flush", -1, _FLUSH)
 
     def _flush(self) -> EvalRecord | None:
         st = self.state
-        buffer, st.buffer, st.flush_pending = sorted(st.buffer), [], False
+        buffer, st.buffer, st.flush_pending, st.last_flush = sorted(st.buffer), [], False, st.now
         results = self.trainer.collect(buffer)
         st.weights = self._aggregate([results[c] for c in buffer])
         st.round += 1
@@ -244,9 +282,10 @@ class Server:
             st.clients[c].status = "idle"
         held = {cs.version for cs in st.clients if cs.status != "idle"}
         st.models = {v: w for v, w in st.models.items() if v in held}
+        self.submodels.keep({cs.mask_generation for cs in st.clients if cs.status != "idle"})
         self.uplink.set_capacity(self.cfg.network.server_down_mbps * self.noise.server(st.round)[1])
         st.broadcasts[st.round] = buffer
-        self.queue.push(st.now + self.cfg.algorithm.server_time_s, "broadcast", st.round, _BROADCAST)
+        self.queue.push(st.now + self.alg.server_time_s, "broadcast", st.round, _BROADCAST)
         max_rounds = self.cfg.budget.max_rounds
         if max_rounds is not None and st.round >= max_rounds:
             return self._finish()
@@ -255,45 +294,104 @@ class Server:
         return None
 
     def _aggregate(self, results: list[TrainResult]) -> Weights:
+        """Staleness × samples weights; the window scope aggregates the arrivals, the cache scope (PR-FL) every
+        client's latest upload with its staleness recomputed now (spec H.3)."""
         st = self.state
-        alg = self.cfg.algorithm
-        factors = {}
         for r in results:
             missed = st.round - r.version
-            factors[r.client] = self.staleness(missed)
-            self.ledger.record(r.client, factors[r.client])
             cs = st.clients[r.client]
             cs.updates += 1
             cs.missed_total += missed
+            cs.fresh = True
             st.window.missed += missed
+            st.cache[r.client] = CachedUpdate(r.version, r.weights, r.mask, r.n_samples)
+            if r.grads is not None and self.submodels.grads is not None:
+                self.submodels.grads.add(r.grads)
         st.updates += len(results)
         st.window.updates += len(results)
         st.window.flushes += 1
+        scope = st.cache if self.alg.scope == "cache" else {r.client: st.cache[r.client] for r in results}
+        factors = {c: self.staleness(st.round - u.version) for c, u in scope.items()}
+        for c, s in factors.items():
+            self.ledger.record(c, s)
         coeff = self.ledger.coefficients()
-        updates = [ClientUpdate(r.client, r.weights, None, coeff[r.client] * r.n_samples) for r in results]
-        if alg.mixing is None:
-            mix = min(1.0, sum(coeff[r.client] for r in results))
+        updates = [ClientUpdate(c, u.weights, u.mask, coeff[c] * u.n_samples) for c, u in sorted(scope.items())]
+        arrived = [r.client for r in results]
+        if self.alg.mixing is None:
+            mix = min(1.0, sum(coeff[c] for c in arrived))
         else:
-            n = sum(r.n_samples for r in results)
-            mix = alg.mixing * sum(factors[r.client] * r.n_samples for r in results) / n
-        return aggregate(alg.rule, st.weights, updates, mix=mix, server_lr=alg.server_lr)
+            n = sum(scope[c].n_samples for c in arrived)
+            mix = self.alg.mixing * sum(factors[c] * scope[c].n_samples for c in arrived) / n
+        if not self._keeps_uploads:
+            st.cache = {}
+        return aggregate(self.alg.rule, st.weights, updates, mix=mix, server_lr=self.alg.server_lr)
+
+    @property
+    def _keeps_uploads(self) -> bool:
+        """Latest uploads are kept for the cache scope and for the client trigger's evaluations only."""
+        rec = self.alg.recovery
+        client_evals = self.alg.pruning.enabled and rec.trigger != "none" and rec.client_trigger
+        return self.alg.scope == "cache" or client_evals
 
     # ------------------------------------------------------------------------------------------------
-    # Evaluation and the end of the run
+    # Evaluation, restoration and the end of the run
 
     def _evaluate(self) -> EvalRecord:
         st = self.state
-        accuracy, loss = self.evaluator(st.weights)
+        accuracy, loss = self.evaluator(st.weights, limit=self.cfg.budget.eval_samples)
+        if st.best is None or accuracy > st.best[0]:
+            st.best = (accuracy, st.weights, dict(st.cache))
+        self._restore_densities(accuracy)
         densities = [c.density for c in st.clients]
         w = st.window
         record = EvalRecord(
             round=st.round, virtual_time_s=st.now, wall_time_s=self._wall(), accuracy=accuracy, loss=loss,
-            mean_density=float(np.mean(densities)), densities=densities, bytes_up=st.bytes_up,
-            bytes_down=st.bytes_down, staleness_mean=w.missed / w.updates if w.updates else 0.0,
+            mean_density=float(np.mean(densities)), min_density=float(min(densities)), densities=densities,
+            bytes_up=st.bytes_up, bytes_down=st.bytes_down,
+            staleness_mean=w.missed / w.updates if w.updates else 0.0,
             buffer_size=w.updates / w.flushes if w.flushes else 0.0, updates=st.updates)
         st.window = _Window()
         self.history.append(record)
         return record
+
+    def _restore_densities(self, accuracy: float) -> None:
+        """GMR (spec D): feed the evaluation to the recovery schedule, apply its changes, rebuild the masks."""
+        st = self.state
+        if not self.alg.pruning.enabled:
+            return
+        rec = self.alg.recovery
+        client_scores = {}
+        if rec.trigger != "none" and rec.client_trigger:
+            for c, cs in enumerate(st.clients):
+                if cs.fresh and c in st.cache:
+                    client_scores[c] = self.evaluator(st.cache[c].weights, limit=rec.client_eval_samples)[0]
+                    cs.fresh = False
+        changes, rollback = self.recovery.on_evaluation(st.now, st.round, accuracy, client_scores)
+        if rollback and st.best is not None:
+            _, st.weights, cache = st.best
+            st.cache = dict(cache)
+        if self.alg.pruning.balance and not st.density_log:
+            changes += self._balance()
+        st.density_log.extend(asdict(change) for change in changes)
+        for cs, density in zip(st.clients, self.recovery.densities, strict=True):
+            cs.density = density
+        self._rebuild_masks()
+
+    def _balance(self) -> list[DensityChange]:
+        """PR-FL's first stage (spec C.1): shrink slow clients' sub-models until round times match."""
+        st = self.state
+        if any(not cs.cycle_times for cs in st.clients):
+            return []
+        old = [cs.density for cs in st.clients]
+        new = balance_densities(old, [float(np.mean(cs.cycle_times)) for cs in st.clients], self.recovery.floor)
+        self.recovery.densities = list(new)
+        return [DensityChange(c, st.now, st.round, o, n, "balance")
+                for c, (o, n) in enumerate(zip(old, new, strict=True)) if o != n]
+
+    def _rebuild_masks(self) -> None:
+        """Masks drift with the global model: rebuilt at every evaluation, whether densities changed or not."""
+        if self.alg.pruning.enabled:
+            self.submodels.rebuild(self.state.weights, [cs.density for cs in self.state.clients])
 
     def _finish(self) -> EvalRecord:
         self.state.done = True
@@ -328,34 +426,61 @@ class Server:
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue the run: plain Python values and numpy arrays only."""
         st = self.state
+        best = None if st.best is None else {"accuracy": st.best[0], "weights": st.best[1],
+                                             "cache": _cache_snapshot(st.best[2])}
         return {
             "weights": st.weights,
             "models": {str(v): w for v, w in st.models.items()},
+            "cache": _cache_snapshot(st.cache),
+            "best": best,
             "clients": [asdict(c) for c in st.clients],
             "scalars": {"round": st.round, "now": st.now, "buffer": list(st.buffer),
-                        "flush_pending": st.flush_pending, "bytes_up": st.bytes_up, "bytes_down": st.bytes_down,
-                        "updates": st.updates, "done": st.done, "wall_time_s": self._wall(),
-                        "window": asdict(st.window),
+                        "flush_pending": st.flush_pending, "last_flush": st.last_flush,
+                        "bytes_up": st.bytes_up, "bytes_down": st.bytes_down, "updates": st.updates,
+                        "done": st.done, "wall_time_s": self._wall(), "window": asdict(st.window),
                         "broadcasts": {str(k): v for k, v in st.broadcasts.items()}},
+            "density_log": list(st.density_log),
             "queue": self.queue.snapshot(),
             "uplink": self.uplink.snapshot(),
             "ledger": self.ledger.snapshot(),
+            "submodels": self.submodels.snapshot(),
+            "recovery": self.recovery.snapshot(),
             "history": [r.as_dict() for r in self.history],
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a snapshot taken by `snapshot` (into a Server built from the same config)."""
         sc = snap["scalars"]
+        best = snap["best"]
         self.state = ServerState(
             weights=dict(snap["weights"]), models={int(v): dict(w) for v, w in snap["models"].items()},
+            cache=_cache_restore(snap["cache"]),
+            best=None if best is None else (float(best["accuracy"]), dict(best["weights"]),
+                                            _cache_restore(best["cache"])),
             round=int(sc["round"]), now=float(sc["now"]), clients=[ClientState(**c) for c in snap["clients"]],
             buffer=[int(c) for c in sc["buffer"]], flush_pending=bool(sc["flush_pending"]),
+            last_flush=float(sc["last_flush"]),
             broadcasts={int(k): [int(c) for c in v] for k, v in sc["broadcasts"].items()},
             bytes_up=int(sc["bytes_up"]), bytes_down=int(sc["bytes_down"]), updates=int(sc["updates"]),
-            window=_Window(**sc["window"]), done=bool(sc["done"]))
+            window=_Window(**sc["window"]), density_log=list(snap["density_log"]), done=bool(sc["done"]))
         self.queue = EventQueue.restore(snap["queue"])
         self.uplink = SharedUplink.restore(snap["uplink"])
         self.ledger = StalenessLedger.restore(snap["ledger"])
+        self.submodels.restore(snap["submodels"])
+        self.recovery = RecoveryScheduler.restore(self.alg.recovery, snap["recovery"])
         self.history = [EvalRecord(**r) for r in snap["history"]]
         self._wall_offset = float(sc["wall_time_s"])
         self._started = False
+
+
+def _cache_snapshot(cache: dict[int, CachedUpdate]) -> dict[str, Any]:
+    return {str(c): {"version": u.version, "weights": u.weights, "mask": u.mask, "n_samples": u.n_samples}
+            for c, u in cache.items()}
+
+
+def _cache_restore(data: dict[str, Any]) -> dict[int, CachedUpdate]:
+    return {int(c): CachedUpdate(int(u["version"]), dict(u["weights"]),
+                                 None if u["mask"] is None else {k: np.asarray(v, dtype=bool)
+                                                                 for k, v in u["mask"].items()},
+                                 int(u["n_samples"]))
+            for c, u in data.items()}

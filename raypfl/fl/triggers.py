@@ -10,17 +10,19 @@ from raypfl.config import AlgorithmConfig
 
 
 class Trigger(Protocol):
-    def flush_time(self, now: float, arrived: int, buffered: Collection[int],
-                   in_flight: Collection[int]) -> float | None:
-        """Called after `arrived` joined the buffer at `now`: the time to flush, or None to keep waiting."""
+    def flush_time(self, now: float, arrived: int, buffered: Collection[int], in_flight: Collection[int],
+                   last_flush: float) -> float | None:
+        """Called after `arrived` joined the buffer at `now`: the time to flush, or None to keep waiting.
+
+        `last_flush` is the time of the previous aggregation (0 before the first)."""
 
 
 @dataclass(frozen=True)
 class Synchronous:
     """FedAvg: flush once every client of the round has arrived."""
 
-    def flush_time(self, now: float, arrived: int, buffered: Collection[int],
-                   in_flight: Collection[int]) -> float | None:
+    def flush_time(self, now: float, arrived: int, buffered: Collection[int], in_flight: Collection[int],
+                   last_flush: float) -> float | None:
         return now if not in_flight else None
 
 
@@ -28,8 +30,8 @@ class Synchronous:
 class EveryArrival:
     """FedAsync: every arrival is aggregated on its own."""
 
-    def flush_time(self, now: float, arrived: int, buffered: Collection[int],
-                   in_flight: Collection[int]) -> float | None:
+    def flush_time(self, now: float, arrived: int, buffered: Collection[int], in_flight: Collection[int],
+                   last_flush: float) -> float | None:
         return now
 
 
@@ -39,8 +41,8 @@ class CountBuffer:
 
     size: int
 
-    def flush_time(self, now: float, arrived: int, buffered: Collection[int],
-                   in_flight: Collection[int]) -> float | None:
+    def flush_time(self, now: float, arrived: int, buffered: Collection[int], in_flight: Collection[int],
+                   last_flush: float) -> float | None:
         return now if len(buffered) >= self.size or not in_flight else None
 
 
@@ -54,11 +56,26 @@ class ReferenceWindow:
     reference: frozenset[int]
     grace: float
 
-    def flush_time(self, now: float, arrived: int, buffered: Collection[int],
-                   in_flight: Collection[int]) -> float | None:
+    def flush_time(self, now: float, arrived: int, buffered: Collection[int], in_flight: Collection[int],
+                   last_flush: float) -> float | None:
         waiting = self.reference & set(in_flight)
         if arrived in self.reference and not waiting:
             return now + self.grace
+        return None
+
+
+@dataclass(frozen=True)
+class FixedWindow:
+    """PR-FL / FedFix: aggregate at most every `window` seconds, once `min_arrivals` updates are in (or when
+    nobody else is training), so a lone early arrival waits for company (spec A.4, I.4)."""
+
+    window: float
+    min_arrivals: int
+
+    def flush_time(self, now: float, arrived: int, buffered: Collection[int], in_flight: Collection[int],
+                   last_flush: float) -> float | None:
+        if len(buffered) >= self.min_arrivals or not in_flight:
+            return max(now, last_flush + self.window)
         return None
 
 
@@ -69,4 +86,6 @@ def make_trigger(cfg: AlgorithmConfig) -> Trigger:
         return EveryArrival()
     if cfg.trigger == "count":
         return CountBuffer(cfg.buffer_size)
+    if cfg.trigger == "fixed_window":
+        return FixedWindow(cfg.grace_s, cfg.min_arrivals)
     return ReferenceWindow(frozenset(cfg.reference_clients), cfg.grace_s)

@@ -7,16 +7,18 @@ from typing import Any
 import numpy as np
 
 from raypfl.config import Config
+from raypfl.fl.distribution import SizeModel
 from raypfl.fl.jobs import Weights
 from raypfl.fl.server import Server
+from raypfl.fl.submodels import ModelFacts
 from raypfl.runtime.client import ActorPoolTrainer
 from raypfl.runtime.training import ModelSpec, TestEvaluator
 from raypfl.sim.heterogeneity import ClientClass
 
 
 class AggregatorActor:
-    def __init__(self, config: dict[str, Any], classes: list[ClientClass], weights: Weights, model_mb: float,
-                 flops_per_round: float, spec: ModelSpec, test_data: dict[str, np.ndarray],
+    def __init__(self, config: dict[str, Any], classes: list[ClientClass], weights: Weights, sizes: SizeModel,
+                 facts: ModelFacts, spec: ModelSpec, test_data: dict[str, np.ndarray],
                  actors: list[Any], client_worker: list[int], snapshot: dict[str, Any] | None = None) -> None:
         import torch
 
@@ -24,8 +26,8 @@ class AggregatorActor:
         torch.set_num_threads(cfg.runtime.threads_per_worker)
         evaluator = TestEvaluator(spec, test_data["x"], test_data["y"], cfg.training.eval_batch_size,
                                   cfg.training.loss, cfg.runtime.device)
-        self.server = Server(cfg, classes, weights, model_mb, flops_per_round,
-                             ActorPoolTrainer(actors, client_worker), evaluator)
+        self.server = Server(cfg, classes, weights, sizes, facts, ActorPoolTrainer(actors, client_worker),
+                             evaluator)
         if snapshot is not None:
             self.server.restore(snapshot)
 
@@ -38,3 +40,6 @@ class AggregatorActor:
 
     def clients(self) -> list[dict[str, Any]]:
         return self.server.client_summary()
+
+    def density_log(self) -> list[dict[str, Any]]:
+        return self.server.density_log

@@ -16,12 +16,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from raypfl.config import Config, load_config, to_yaml
 from raypfl.data import Dataset, load_dataset, partition
 from raypfl.errors import UserError
+from raypfl.fl.distribution import SizeModel
 from raypfl.fl.jobs import Weights
-from raypfl.models import dense_size_bytes
+from raypfl.fl.submodels import ModelFacts
+from raypfl.models import dense_size_bytes, prunable_parameters
 from raypfl.report import plot_curves, summary_table, time_to_accuracy, write_history_csv, write_json
 from raypfl.runtime.checkpoint import load_checkpoint, save_checkpoint
-from raypfl.runtime.training import ModelSpec, forward_flops, to_numpy
-from raypfl.sim.clock import MB
+from raypfl.runtime.training import ModelSpec, layer_flops, to_numpy
 from raypfl.sim.heterogeneity import ClientClass, assign_workers, client_classes, merged_options
 from raypfl.tracking import RunTracker, heterogeneity_tag
 
@@ -37,8 +38,8 @@ class Experiment:
     class_counts: list[tuple[ClientClass, int]]
     spec: ModelSpec
     weights: Weights
-    model_mb: float
-    flops_per_round: float
+    sizes: SizeModel
+    facts: ModelFacts
 
 
 def prepare(cfg: Config) -> Experiment:
@@ -55,11 +56,16 @@ def prepare(cfg: Config) -> Experiment:
     spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes)
     torch.manual_seed(cfg.experiment.seed)
     model = spec.build()
-    net = cfg.network
-    model_mb = net.model_size_mb if net.size_model == "parity" else dense_size_bytes(model) / MB
-    flops = 3 * forward_flops(model, dataset.input_shape) * cfg.training.batch_size * cfg.training.local_steps
-    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], counts, spec,
-                      to_numpy(model), float(model_mb), flops)
+    weights = to_numpy(model)
+    prunable = prunable_parameters(model)
+    flops = layer_flops(model, dataset.input_shape)
+    n_prunable = sum(weights[name].size for name in prunable)
+    sizes = SizeModel(cfg.network.size_model, n_prunable, dense_size_bytes(model) // 4 - n_prunable,
+                      cfg.network.model_size_mb)
+    facts = ModelFacts(prunable, {name: flops[name] / weights[name].size for name in prunable},
+                       3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps)
+    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], counts, spec, weights,
+                      sizes, facts)
 
 
 def connect_ray(cfg: Config) -> bool:
@@ -159,16 +165,17 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         actors, client_worker = start_pool(exp)
         test_ref = ray.put({"x": exp.dataset.x_test, "y": exp.dataset.y_test})
         aggregator = ray.remote(AggregatorActor).options(num_cpus=0).remote(
-            cfg.model_dump(mode="json"), exp.classes, exp.weights, exp.model_mb, exp.flops_per_round, exp.spec,
-            test_ref, actors, client_worker, snapshot)
+            cfg.model_dump(mode="json"), exp.classes, exp.weights, exp.sizes, exp.facts, exp.spec, test_ref, actors,
+            client_worker, snapshot)
         history = list(snapshot["history"]) if snapshot else []
         history = _drive(cfg, aggregator, tracker, run_dir, history, console)
         clients = ray.get(aggregator.clients.remote())
-        result = _result(cfg, history, clients, run_dir, tracker)
+        changes = ray.get(aggregator.density_log.remote())
+        result = _result(cfg, history, clients, changes, run_dir, tracker)
         write_json(run_dir / "result.json", result)
         write_history_csv(run_dir / "history.csv", history)
         plot_curves(run_dir / "curves.png", history, f"{cfg.algorithm.name} · {cfg.data.dataset} · "
-                    f"{heterogeneity_tag(cfg)} heterogeneity · seed {cfg.experiment.seed}")
+                    f"{heterogeneity_tag(cfg)} heterogeneity · seed {cfg.experiment.seed}", changes)
         if tracker is not None:
             tracker.log_summary(result)
             tracker.log_artifacts([run_dir / n for n in ("result.json", "config.yaml", "curves.png",
@@ -223,8 +230,8 @@ def _drive(cfg: Config, aggregator: Any, tracker: RunTracker | None, run_dir: Pa
                 return history
 
 
-def _result(cfg: Config, history: list[dict[str, Any]], clients: list[dict[str, Any]], run_dir: Path,
-            tracker: RunTracker | None) -> dict[str, Any]:
+def _result(cfg: Config, history: list[dict[str, Any]], clients: list[dict[str, Any]],
+            changes: list[dict[str, Any]], run_dir: Path, tracker: RunTracker | None) -> dict[str, Any]:
     last = history[-1]
     return {
         "algorithm": cfg.algorithm.name,
@@ -242,6 +249,7 @@ def _result(cfg: Config, history: list[dict[str, Any]], clients: list[dict[str, 
         "time_to_accuracy": time_to_accuracy(history, cfg.budget.target_accuracies),
         "history": history,
         "clients": clients,
+        "density_changes": changes,
         "run_dir": str(run_dir),
         "mlflow_run_id": tracker.run_id if tracker is not None else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

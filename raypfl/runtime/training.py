@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from raypfl.config import TrainingConfig
-from raypfl.fl.jobs import TrainJob, TrainResult, Weights
-from raypfl.models import build_model
+from raypfl.fl.jobs import Mask, TrainJob, TrainResult, Weights
+from raypfl.models import build_model, prunable_parameters
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,12 @@ class ClientTrainer:
         self.seed = seed
         self.augment = augment_data
         self.loss = loss_fn(training.loss, spec.num_classes)
+        self.prunable = prunable_parameters(self.model)
 
     def train(self, job: TrainJob) -> TrainResult:
         t = self.training
         load_numpy(self.model, job.weights)
+        masked = self._mask(job.mask)
         self.model.train()
         optimizer = torch.optim.SGD(self.model.parameters(), lr=job.lr, momentum=t.momentum,
                                     weight_decay=t.weight_decay)
@@ -118,8 +121,31 @@ class ClientTrainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
             optimizer.step()
             losses.append(loss.item())
+        grads = self._squared_grads(count) if job.want_grads else None
+        for module in masked:
+            prune.remove(module, "weight")  # weight = weight_orig ⊙ mask: exact zeros outside the mask
         return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=to_numpy(self.model),
-                           n_samples=count, loss=float(np.mean(losses)))
+                           n_samples=count, loss=float(np.mean(losses)), mask=job.mask, grads=grads)
+
+    def _mask(self, mask: Mask | None) -> list[nn.Module]:
+        """Re-parametrise the masked layers (torch.nn.utils.prune): the forward pass uses weight_orig ⊙ mask,
+        so gradients, momentum and updates never reach a weight outside the mask."""
+        modules = []
+        for name, keep in (mask or {}).items():
+            module = self.model.get_submodule(name.removesuffix(".weight"))
+            prune.custom_from_mask(module, "weight", torch.from_numpy(np.asarray(keep)).to(self.device))
+            modules.append(module)
+        return modules
+
+    def _squared_grads(self, n_samples: int) -> dict[str, np.ndarray]:
+        """(∇W)² · n of the last local step for every prunable layer (PR-FL's gradient importance)."""
+        out = {}
+        for name in self.prunable:
+            module = self.model.get_submodule(name.removesuffix(".weight"))
+            param = getattr(module, "weight_orig", module.weight)
+            if param.grad is not None:
+                out[name] = (param.grad.detach().cpu().numpy() ** 2) * n_samples
+        return out
 
 
 class InProcessTrainer:
@@ -155,30 +181,32 @@ class TestEvaluator:
         self.loss = loss_fn(loss, spec.num_classes)
 
     @torch.no_grad()
-    def __call__(self, weights: Weights) -> tuple[float, float]:
+    def __call__(self, weights: Weights, limit: int | None = None) -> tuple[float, float]:
         load_numpy(self.model, weights)
         self.model.eval()
+        n = len(self.y) if limit is None else min(limit, len(self.y))
         correct, total_loss = 0, 0.0
-        for start in range(0, len(self.y), self.batch_size):
-            xb = self.x[start:start + self.batch_size].to(self.device)
-            yb = self.y[start:start + self.batch_size].to(self.device)
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            xb, yb = self.x[start:stop].to(self.device), self.y[start:stop].to(self.device)
             logits = self.model(xb)
             total_loss += float(self.loss(logits, yb)) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
-        return correct / len(self.y), total_loss / len(self.y)
+        return correct / n, total_loss / n
 
 
-def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
-    """Multiply-add FLOPs (×2) of one forward pass of one sample through conv and linear layers."""
-    total = 0.0
+def layer_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, float]:
+    """FLOPs (2 per multiply-add) of one sample's forward pass through each conv and linear layer, by the
+    state-dict name of its weight."""
+    flops: dict[str, float] = {}
+    names = {module: name for name, module in model.named_modules()}
 
     def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
         if isinstance(module, nn.Conv2d):
             per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            total += 2.0 * output.numel() * per_output
+            flops[f"{names[module]}.weight"] = 2.0 * output.numel() * per_output
         elif isinstance(module, nn.Linear):
-            total += 2.0 * module.in_features * module.out_features
+            flops[f"{names[module]}.weight"] = 2.0 * module.in_features * module.out_features
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training
@@ -188,4 +216,4 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
     model.train(was_training)
     for hook in hooks:
         hook.remove()
-    return total
+    return flops
