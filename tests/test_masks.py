@@ -130,3 +130,22 @@ def test_mask_density_counts_absent_keys_as_held():
     assert mask_density({"a": b([1, 0, 0], [0, 1, 0])}, shapes) == pytest.approx(0.6)  # (2 + 4) / 10
     assert mask_density({"a": np.zeros((2, 3), bool), "b": b(1, 0, 0, 0)}, shapes) == pytest.approx(0.1)
     assert mask_density({}, shapes) == 1.0
+
+
+def test_matches_a_full_stable_sort_with_many_ties():
+    """The partition-based ranking equals a plain stable sort of every candidate, ties included."""
+    rng = np.random.default_rng(3)
+    weights = {"c": np.round(rng.normal(size=(30, 7)), 1), "d": np.round(rng.normal(size=90), 1)}
+    scores = {k: np.abs(w) for k, w in weights.items()}
+    densities = [0.1, 0.37, 0.8]
+    masks = build_nested_masks(weights, scores, densities, layer_floor=0.05)
+    flat = np.concatenate([scores["c"].ravel(), scores["d"]])
+    held = np.zeros(300, bool)
+    held[np.argsort(-scores["c"].ravel(), kind="stable")[:11]] = True  # ceil(.05·210)
+    held[210 + np.argsort(-scores["d"], kind="stable")[:5]] = True  # ceil(.05·90)
+    candidates = np.flatnonzero(~held)
+    ranked = candidates[np.argsort(-flat[candidates], kind="stable")]
+    for d in densities:
+        want = held.copy()
+        want[ranked[:round(d * 300) - 16]] = True
+        np.testing.assert_array_equal(np.concatenate([masks[d]["c"].ravel(), masks[d]["d"]]), want)
