@@ -14,6 +14,14 @@ from raypfl.config import load_config
 from raypfl.runtime.driver import run_experiment
 
 
+def fashion_base(budget: float) -> list[str]:
+    """The papers' comparison setting on real data: Fashion-MNIST, the CNN, 10 clients, `high` heterogeneity,
+    Dirichlet α = 0.6."""
+    return ["data.dataset=fashion_mnist", "model.name=cnn", "clients.num_clients=10", "clients.heterogeneity=high",
+            "data.partition.kind=dirichlet", "data.partition.alpha=0.6", f"budget.virtual_time_s={budget}",
+            "budget.eval_every=25", "budget.eval_samples=2000"]
+
+
 def run_variants(title: str, variants: dict[str, list[str]], base: list[str], seeds: list[int],
                  target: float, console: Console) -> list[dict[str, Any]]:
     """Each variant is a list of `--set` overrides on top of `base`; returns one row per variant."""

@@ -12,7 +12,7 @@ import argparse
 
 from rich.console import Console
 
-from benchmarks.common import run_variants
+from benchmarks.common import fashion_base, run_variants
 
 VARIANTS = {
     "fedgmr": ["algorithm.name=fedgmr"],
@@ -30,9 +30,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     args = parser.parse_args()
-    base = ["data.dataset=fashion_mnist", "model.name=cnn", "clients.num_clients=10", "clients.heterogeneity=high",
-            "data.partition.kind=dirichlet", "data.partition.alpha=0.6", f"budget.virtual_time_s={args.budget}",
-            "budget.eval_every=25", "budget.eval_samples=2000", *args.overrides]
+    base = [*fashion_base(args.budget), *args.overrides]
     run_variants(f"Fashion-MNIST, CNN, high heterogeneity, Dirichlet 0.6, {args.budget:g} virtual s",
                  {v: VARIANTS[v] for v in args.variants}, base, args.seeds, args.target, Console())
 

@@ -19,6 +19,7 @@ DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "femnist", "synthetic
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = ("cnn", "vgg11", "resnet18", "mlp")
 ALGORITHMS = ("fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex", "fjord")
+VARIANTS = ("base", "aux", "aux_gmr")
 LEVELS = ("high", "medium", "low")
 
 
@@ -164,10 +165,20 @@ class RecoveryConfig(Section):
         return self
 
 
+class WidthConfig(Section):
+    """Width-sliced sub-models (spec F): `static` first channels (HeteroFL), a `rolling` window (FedRolex),
+    `ordered` dropout over the widths of `ladder` (FjORD)."""
+
+    kind: Literal["none", "static", "rolling", "ordered"] = "none"
+    ladder: list[Density] = Field([0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1)
+
+
 class AlgorithmConfig(Section):
-    """`name` selects a preset (raypfl.fl.algorithms); every other key given here overrides the preset."""
+    """`name` selects a preset (raypfl.fl.algorithms), `variant` wraps the width-sliced methods in raypfl's
+    buffer (`aux`) and restoration (`aux_gmr`); every other key given here overrides the preset."""
 
     name: Literal["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex", "fjord"] = "fedgmr"
+    variant: Literal["base", "aux", "aux_gmr"] = "base"
     trigger: Literal["synchronous", "every_arrival", "count", "reference_window", "fixed_window"]
     buffer_size: int = Field(ge=1)
     min_arrivals: int = Field(ge=1)
@@ -182,6 +193,7 @@ class AlgorithmConfig(Section):
     staleness: StalenessConfig
     pruning: PruningConfig
     recovery: RecoveryConfig
+    width: WidthConfig
 
     @model_validator(mode="before")
     @classmethod
@@ -193,14 +205,28 @@ class AlgorithmConfig(Section):
         name = data.get("name", cls.model_fields["name"].default)
         if name not in ALGORITHMS:
             return data  # the name's own validation explains what is allowed
-        base = preset(name)
-        merged = copy.deepcopy(base)
+        variant = data.get("variant", "base")
+        if variant not in VARIANTS:
+            return data
+        merged = preset(name, variant)
         for key, value in data.items():
-            if key in ("staleness", "pruning", "recovery") and isinstance(value, dict):
+            if key in ("staleness", "pruning", "recovery", "width") and isinstance(value, dict):
                 merged[key] = {**merged.get(key, {}), **value}
             else:
                 merged[key] = value
         return merged
+
+    @model_validator(mode="after")
+    def _one_kind_of_sub_model(self) -> AlgorithmConfig:
+        if self.pruning.enabled and self.width.kind != "none":
+            raise ValueError("algorithm.pruning.enabled and algorithm.width.kind are exclusive: a sub-model is "
+                             "either pruned or width-sliced")
+        return self
+
+    @property
+    def sub_models(self) -> bool:
+        """Clients train sub-models (pruned or width-sliced) whose densities start at their class's."""
+        return self.pruning.enabled or self.width.kind != "none"
 
 
 class TrainingConfig(Section):
@@ -229,7 +255,7 @@ class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = Field(1, ge=1)
     logical_gpus: int = Field(4, ge=0)
-    checkpoint_every: int = Field(1, ge=0)
+    checkpoint_every: int = Field(5, ge=0)  # evaluations between checkpoints; 0: never
 
 
 class TrackingConfig(Section):

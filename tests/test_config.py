@@ -77,6 +77,10 @@ def test_explicit_classes() -> None:
         ("training.lr=0", "'training.lr'"),
         ("experiment.name=a/b", "'experiment.name'"),
         ("data=3", "'data'"),
+        ("algorithm.variant=aux", "algorithm.variant 'aux' applies to heterofl, fedrolex, fjord, not to 'fedgmr'"),
+        ("algorithm.variant=fast", "'base', 'aux' or 'aux_gmr'"),
+        ("algorithm.width.kind=random", "'algorithm.width.kind'"),
+        ("algorithm.width.kind=static", "exclusive"),
     ],
 )
 def test_bad_values_name_key_and_allowed(override: str, expected: str) -> None:

@@ -32,7 +32,8 @@ def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex",
+                                       "fjord"])
 def test_preset_runs_end_to_end_with_contract_outputs(algorithm: str, tmp_path: Path, tracking_uri: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
@@ -71,6 +72,15 @@ def test_preset_runs_end_to_end_with_contract_outputs(algorithm: str, tmp_path: 
     assert len(client.get_metric_history(mlrun.info.run_id, "accuracy")) == len(saved["history"])
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
     assert {"result.json", "config.yaml", "curves.png"} <= artifacts
+
+
+def test_width_method_with_aux_and_gmr_restores_widths(tmp_path: Path) -> None:
+    cfg = load_config(overrides=[*SMALL, "tracking.enabled=false", "algorithm.name=fedrolex",
+                                 "algorithm.variant=aux_gmr", "algorithm.recovery.patience=1"])
+    result = run(cfg, tmp_path / "run")
+    assert result["history"][0]["mean_density"] < 1.0
+    assert any(c["client"] >= 0 and c["new"] > c["old"] for c in result["density_changes"])
+    assert result["history"][-1]["mean_density"] > result["history"][0]["mean_density"]
 
 
 def test_training_learns_digits(tmp_path: Path) -> None:

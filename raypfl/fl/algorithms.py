@@ -32,6 +32,14 @@ prfl (PR-FL: pruning and recovery)
     staleness recomputed at each aggregation, a fixed aggregation window that waits for two arrivals,
     squared-gradient importance, first-stage balancing of densities to equalise round times, additive recovery
     (d ← d + 0.2) and a rollback to the best model before each restoration step.
+
+heterofl (Diao et al., 2021), fedrolex (Alam et al., 2022), fjord (Horváth et al., 2021)
+    Width-sliced sub-models: client i trains a network keeping k = ⌈√d_i·C⌉ of the C channels of every hidden
+    layer — the first k (HeteroFL), a window starting at round mod C and moved at every evaluation (FedRolex),
+    or the first k with ordered dropout, each local step using the first ⌈√p·C⌉ channels for p cycling over
+    the ladder values ≤ d_i (FjORD). Synchronous rounds; each coordinate is averaged over the clients that
+    hold it (the `ma` rule on re-embedded tensors). Variants: `aux` runs them in FedGMR's asynchronous buffer
+    with staleness weights and IMS, `aux_gmr` also restores widths gradually as FedGMR restores densities.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import copy
 from typing import Any
 
 _COMMON: dict[str, Any] = {
+    "variant": "base",
     "buffer_size": 1,
     "min_arrivals": 2,
     "reference_clients": [0],
@@ -51,7 +60,9 @@ _COMMON: dict[str, Any] = {
     "ims": False,
     "pruning": {"enabled": False},
     "recovery": {"trigger": "none"},
+    "width": {"kind": "none"},
 }
+_GMR_RECOVERY = {"trigger": "plateau", "client_trigger": True, "patience": 5, "step": "ladder"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fedavg": {**_COMMON, "trigger": "synchronous", "rule": "fa",
@@ -63,17 +74,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fedgmr": {**_COMMON, "trigger": "reference_window", "rule": "ma", "ims": True,
                "staleness": {"kind": "poly", "a": 0.6, "b": 2},
                "pruning": {"enabled": True, "importance": "magnitude_per_cost", "layer_floor": 0.02},
-               "recovery": {"trigger": "plateau", "client_trigger": True, "patience": 5, "step": "ladder"}},
+               "recovery": _GMR_RECOVERY},
     "prfl": {**_COMMON, "trigger": "fixed_window", "grace_s": 1.0, "min_arrivals": 2, "rule": "ma",
              "scope": "cache", "ims": True, "staleness": {"kind": "poly", "a": 0.6, "b": 2},
              "pruning": {"enabled": True, "importance": "grad_sq", "layer_floor": 0.05, "balance": True},
              "recovery": {"trigger": "plateau", "client_trigger": True, "patience": 5, "step": "additive",
                           "step_size": 0.2, "rollback": True}},
+    **{name: {**_COMMON, "trigger": "synchronous", "rule": "ma", "staleness": {"kind": "constant", "a": 0.6, "b": 2},
+              "width": {"kind": kind}}
+       for name, kind in (("heterofl", "static"), ("fedrolex", "rolling"), ("fjord", "ordered"))},
 }
+WIDTH_METHODS = ("heterofl", "fedrolex", "fjord")
+# raypfl's asynchronous machinery around a width-sliced method (spec F: X+Aux, X+Aux+GMR)
+_AUX: dict[str, Any] = {key: PRESETS["fedgmr"][key] for key in ("trigger", "rule", "ims", "staleness")}
+VARIANT_CHANGES: dict[str, dict[str, Any]] = {"base": {}, "aux": _AUX, "aux_gmr": {**_AUX, "recovery": _GMR_RECOVERY}}
 
 
-def preset(name: str) -> dict[str, Any]:
-    """The preset's `algorithm.*` values; ValueError for an algorithm this release does not ship."""
+def preset(name: str, variant: str = "base") -> dict[str, Any]:
+    """The preset's `algorithm.*` values; ValueError for an unknown algorithm or a variant it has not."""
     if name not in PRESETS:
         raise ValueError(f"algorithm '{name}' is not available in this release (available: {', '.join(PRESETS)})")
-    return copy.deepcopy({"name": name, **PRESETS[name]})
+    if variant != "base" and name not in WIDTH_METHODS:
+        raise ValueError(f"algorithm.variant '{variant}' applies to {', '.join(WIDTH_METHODS)}, not to '{name}'")
+    return copy.deepcopy({**PRESETS[name], **VARIANT_CHANGES[variant], "name": name, "variant": variant})

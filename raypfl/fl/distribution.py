@@ -8,12 +8,19 @@ client downloads only its own (decision H.17).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from raypfl.fl.jobs import Mask, Weights
+from raypfl.fl.slicing import WidthPlan
 from raypfl.sim.clock import MB
+
+
+class Sizes(Protocol):
+    def megabytes(self, density: float) -> float: ...
+
+    def increment_megabytes(self, low: float, high: float) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -53,13 +60,35 @@ class SizeModel:
 
 
 @dataclass(frozen=True)
+class WidthSizeModel:
+    """Megabytes of a width-sliced sub-model: a dense narrow network (its channel window is implied by the
+    density and the round), or `parity` = model_size_mb × density."""
+
+    kind: Literal["sparse", "parity"]
+    plan: WidthPlan
+    model_size_mb: float | None = None
+
+    def megabytes(self, density: float) -> float:
+        return self.increment_megabytes(0.0, density)
+
+    def increment_megabytes(self, low: float, high: float) -> float:
+        """Nested windows: the increment is the values of the wider window not in the narrower one."""
+        if self.kind == "parity":
+            if self.model_size_mb is None:
+                raise ValueError("the parity size model needs model_size_mb")
+            return self.model_size_mb * (high - low)
+        held = self.plan.numel(low) if low > 0 else 0
+        return 4 * (self.plan.numel(high) - held) / MB
+
+
+@dataclass(frozen=True)
 class BroadcastPlan:
     download_s: dict[int, float]  # per receiving client: seconds until it holds its sub-model
     client_mb: dict[int, float]  # per client: megabytes it receives
     egress_mb: float  # megabytes the server sends
 
 
-def plan_broadcast(sizes: SizeModel, densities: dict[int, float], client_mbps: dict[int, float],
+def plan_broadcast(sizes: Sizes, densities: dict[int, float], client_mbps: dict[int, float],
                    server_up_mbps: float, ims: bool) -> BroadcastPlan:
     levels = sorted(set(densities.values()))
     if ims:

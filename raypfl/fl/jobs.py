@@ -21,6 +21,8 @@ class TrainJob:
     lr: float
     local_steps: int
     want_grads: bool = False  # also return squared gradients (PR-FL's importance)
+    sliced: bool = False  # the mask is width-structured: train the extracted narrow network (spec F)
+    od_widths: tuple[float, ...] = ()  # FjORD's ordered dropout: the width p of each local step, cycled
 
 
 @dataclass(frozen=True)

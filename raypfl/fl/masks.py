@@ -150,3 +150,13 @@ def mask_density(mask: Mask, shapes: dict[str, tuple[int, ...]]) -> float:
         return 1.0
     kept = sum(int(mask[n].sum()) if n in mask else math.prod(s) for n, s in shapes.items())
     return kept / total
+
+
+def pack_mask(mask: np.ndarray) -> dict[str, Any]:
+    """A bool mask as a bitmap and its shape: checkpoints hold many masks, 8× smaller this way."""
+    return {"bits": np.packbits(mask, axis=None), "shape": list(mask.shape)}
+
+
+def unpack_mask(data: dict[str, Any]) -> np.ndarray:
+    shape = [int(n) for n in data["shape"]]
+    return np.unpackbits(np.asarray(data["bits"]), count=int(np.prod(shape))).astype(bool).reshape(shape)

@@ -21,11 +21,12 @@ import numpy as np
 
 from raypfl.config import Config
 from raypfl.fl.aggregation import ClientUpdate, aggregate
-from raypfl.fl.distribution import SizeModel, plan_broadcast
+from raypfl.fl.distribution import Sizes, plan_broadcast
 from raypfl.fl.jobs import Evaluator, Mask, Trainer, TrainJob, TrainResult, Weights
+from raypfl.fl.masks import pack_mask, unpack_mask
 from raypfl.fl.recovery import DensityChange, RecoveryScheduler, balance_densities
 from raypfl.fl.staleness import Staleness, StalenessLedger
-from raypfl.fl.submodels import ModelFacts, SubModels
+from raypfl.fl.submodels import ModelFacts, make_submodels
 from raypfl.fl.triggers import make_trigger
 from raypfl.sim.clock import MB, EventQueue, SharedUplink
 from raypfl.sim.heterogeneity import BandwidthNoise, ClientClass, compute_seconds
@@ -114,7 +115,7 @@ class ServerState:
 class Server:
     """Owns the global model, the virtual clock, the buffer, the masks and the recovery schedule."""
 
-    def __init__(self, cfg: Config, classes: list[ClientClass], weights: Weights, sizes: SizeModel,
+    def __init__(self, cfg: Config, classes: list[ClientClass], weights: Weights, sizes: Sizes,
                  facts: ModelFacts, trainer: Trainer, evaluator: Evaluator) -> None:
         if len(classes) != cfg.clients.num_clients:
             raise ValueError("one class per client is needed")
@@ -131,13 +132,12 @@ class Server:
         net = cfg.network
         self.noise = BandwidthNoise(cfg.experiment.seed, net.client_noise_sigma, net.server_noise_sigma,
                                     net.noise_draws)
-        pruned = self.alg.pruning.enabled
-        initial = [k.density if pruned else 1.0 for k in classes]
+        initial = [k.density if self.alg.sub_models else 1.0 for k in classes]
         self.state = ServerState(weights=weights, clients=[ClientState(density=d, job_density=d) for d in initial])
         self.queue = EventQueue()
         self.uplink = SharedUplink(net.server_down_mbps * self.noise.server(0)[1])
         self.ledger = StalenessLedger()
-        self.submodels = SubModels(self.alg.pruning, facts, cfg.training.local_steps)
+        self.submodels = make_submodels(self.alg.pruning, self.alg.width, facts, cfg.training.local_steps)
         self.recovery = RecoveryScheduler(self.alg.recovery, initial, cfg.budget.virtual_time_s)
         self.history: list[EvalRecord] = []
         self._wall0 = time.monotonic()
@@ -175,7 +175,7 @@ class Server:
     def client_summary(self) -> list[dict[str, Any]]:
         """Per client: id, class, initial and final density, aggregated updates, mean staleness."""
         return [{"id": i, "class": self.classes[i].name,
-                 "initial_density": self.classes[i].density if self.alg.pruning.enabled else 1.0,
+                 "initial_density": self.classes[i].density if self.alg.sub_models else 1.0,
                  "final_density": cs.density, "updates": cs.updates,
                  "mean_staleness": cs.missed_total / cs.updates if cs.updates else None}
                 for i, cs in enumerate(self.state.clients)]
@@ -243,7 +243,8 @@ class Server:
         cycle = cs.cycle - 1 if cs.status == "buffered" else cs.cycle
         return TrainJob(client=client, version=cs.version, cycle=cycle, weights=self.state.models[cs.version],
                         mask=self.submodels.mask(cs.mask_generation, cs.job_density), lr=self.cfg.training.lr,
-                        local_steps=self.cfg.training.local_steps, want_grads=self.submodels.wants_grads)
+                        local_steps=self.cfg.training.local_steps, want_grads=self.submodels.wants_grads,
+                        sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(cs.job_density))
 
     def _start_upload(self, client: int) -> None:
         if self.cfg.runtime.mode == "realtime" and not self.trainer.ready(client):
@@ -330,7 +331,7 @@ class Server:
     def _keeps_uploads(self) -> bool:
         """Latest uploads are kept for the cache scope and for the client trigger's evaluations only."""
         rec = self.alg.recovery
-        client_evals = self.alg.pruning.enabled and rec.trigger != "none" and rec.client_trigger
+        client_evals = self.alg.sub_models and rec.trigger != "none" and rec.client_trigger
         return self.alg.scope == "cache" or client_evals
 
     # ------------------------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ class Server:
     def _evaluate(self) -> EvalRecord:
         st = self.state
         accuracy, loss = self.evaluator(st.weights, limit=self.cfg.budget.eval_samples)
-        if st.best is None or accuracy > st.best[0]:
+        if self.alg.recovery.rollback and (st.best is None or accuracy > st.best[0]):
             st.best = (accuracy, st.weights, dict(st.cache))
         self._restore_densities(accuracy)
         densities = [c.density for c in st.clients]
@@ -357,7 +358,7 @@ class Server:
     def _restore_densities(self, accuracy: float) -> None:
         """GMR (spec D): feed the evaluation to the recovery schedule, apply its changes, rebuild the masks."""
         st = self.state
-        if not self.alg.pruning.enabled:
+        if not self.alg.sub_models:
             return
         rec = self.alg.recovery
         client_scores = {}
@@ -366,6 +367,8 @@ class Server:
                 if cs.fresh and c in st.cache:
                     client_scores[c] = self.evaluator(st.cache[c].weights, limit=rec.client_eval_samples)[0]
                     cs.fresh = False
+            if self.alg.scope == "window":
+                st.cache = {}  # every upload in it has been evaluated: nothing will read it again
         changes, rollback = self.recovery.on_evaluation(st.now, st.round, accuracy, client_scores)
         if rollback and st.best is not None:
             _, st.weights, cache = st.best
@@ -389,9 +392,10 @@ class Server:
                 for c, (o, n) in enumerate(zip(old, new, strict=True)) if o != n]
 
     def _rebuild_masks(self) -> None:
-        """Masks drift with the global model: rebuilt at every evaluation, whether densities changed or not."""
-        if self.alg.pruning.enabled:
-            self.submodels.rebuild(self.state.weights, [cs.density for cs in self.state.clients])
+        """Pruning masks drift with the global model and FedRolex's window rolls with the round: sub-models are
+        rebuilt at every evaluation, whether densities changed or not."""
+        if self.alg.sub_models:
+            self.submodels.rebuild(self.state.weights, [cs.density for cs in self.state.clients], self.state.round)
 
     def _finish(self) -> EvalRecord:
         self.state.done = True
@@ -474,13 +478,13 @@ class Server:
 
 
 def _cache_snapshot(cache: dict[int, CachedUpdate]) -> dict[str, Any]:
-    return {str(c): {"version": u.version, "weights": u.weights, "mask": u.mask, "n_samples": u.n_samples}
+    return {str(c): {"version": u.version, "weights": u.weights, "n_samples": u.n_samples,
+                     "mask": None if u.mask is None else {k: pack_mask(m) for k, m in u.mask.items()}}
             for c, u in cache.items()}
 
 
 def _cache_restore(data: dict[str, Any]) -> dict[int, CachedUpdate]:
     return {int(c): CachedUpdate(int(u["version"]), dict(u["weights"]),
-                                 None if u["mask"] is None else {k: np.asarray(v, dtype=bool)
-                                                                 for k, v in u["mask"].items()},
+                                 None if u["mask"] is None else {k: unpack_mask(v) for k, v in u["mask"].items()},
                                  int(u["n_samples"]))
             for c, u in data.items()}

@@ -26,10 +26,18 @@ MODELS: dict[str, ModelBuilder] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, static_bn: bool = False) -> nn.Module:
+    """`static_bn`: BatchNorm without running statistics, normalising with the batch's own (HeteroFL's sBN: the
+    statistics of differently wide sub-models do not average into anything meaningful)."""
     if name not in MODELS:
         raise UserError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
-    return MODELS[name](tuple(input_shape), num_classes)
+    model = MODELS[name](tuple(input_shape), num_classes)
+    if static_bn:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+                module.track_running_stats = False
+                module.running_mean = module.running_var = module.num_batches_tracked = None
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

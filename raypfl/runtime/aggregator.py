@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from raypfl.config import Config
-from raypfl.fl.distribution import SizeModel
+from raypfl.fl.distribution import Sizes
 from raypfl.fl.jobs import Weights
 from raypfl.fl.server import Server
 from raypfl.fl.submodels import ModelFacts
@@ -17,7 +17,7 @@ from raypfl.sim.heterogeneity import ClientClass
 
 
 class AggregatorActor:
-    def __init__(self, config: dict[str, Any], classes: list[ClientClass], weights: Weights, sizes: SizeModel,
+    def __init__(self, config: dict[str, Any], classes: list[ClientClass], weights: Weights, sizes: Sizes,
                  facts: ModelFacts, spec: ModelSpec, test_data: dict[str, np.ndarray],
                  actors: list[Any], client_worker: list[int], snapshot: dict[str, Any] | None = None) -> None:
         import torch

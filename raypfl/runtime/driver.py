@@ -16,8 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from raypfl.config import Config, load_config, to_yaml
 from raypfl.data import Dataset, load_dataset, partition
 from raypfl.errors import UserError
-from raypfl.fl.distribution import SizeModel
+from raypfl.fl.distribution import SizeModel, Sizes, WidthSizeModel
 from raypfl.fl.jobs import Weights
+from raypfl.fl.slicing import width_plan
 from raypfl.fl.submodels import ModelFacts
 from raypfl.models import dense_size_bytes, prunable_parameters
 from raypfl.report import plot_curves, summary_table, time_to_accuracy, write_history_csv, write_json
@@ -38,7 +39,7 @@ class Experiment:
     class_counts: list[tuple[ClientClass, int]]
     spec: ModelSpec
     weights: Weights
-    sizes: SizeModel
+    sizes: Sizes
     facts: ModelFacts
 
 
@@ -53,17 +54,20 @@ def prepare(cfg: Config) -> Experiment:
             raise UserError(f"invalid value {ref} in 'algorithm.reference_clients': "
                             f"clients are numbered 0..{cfg.clients.num_clients - 1}")
     counts = client_classes(cfg.clients)
-    spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes)
+    sliced = cfg.algorithm.width.kind != "none"
+    spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes, static_bn=sliced)
     torch.manual_seed(cfg.experiment.seed)
     model = spec.build()
     weights = to_numpy(model)
     prunable = prunable_parameters(model)
     flops = layer_flops(model, dataset.input_shape)
     n_prunable = sum(weights[name].size for name in prunable)
-    sizes = SizeModel(cfg.network.size_model, n_prunable, dense_size_bytes(model) // 4 - n_prunable,
-                      cfg.network.model_size_mb)
+    plan = width_plan(model) if sliced else None
+    sizes: Sizes = (WidthSizeModel(cfg.network.size_model, plan, cfg.network.model_size_mb) if plan is not None else
+                    SizeModel(cfg.network.size_model, n_prunable, dense_size_bytes(model) // 4 - n_prunable,
+                              cfg.network.model_size_mb))
     facts = ModelFacts(prunable, {name: flops[name] / weights[name].size for name in prunable},
-                       3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps)
+                       3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps, plan)
     return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], counts, spec, weights,
                       sizes, facts)
 

@@ -16,6 +16,7 @@ from torch.nn.utils import prune
 
 from raypfl.config import TrainingConfig
 from raypfl.fl.jobs import Mask, TrainJob, TrainResult, Weights
+from raypfl.fl.slicing import OrderedDropout, WidthPlan, embed, extract, indices_from_mask, narrow_model, width_plan
 from raypfl.models import build_model, prunable_parameters
 
 
@@ -24,9 +25,10 @@ class ModelSpec:
     name: str
     input_shape: tuple[int, int, int]
     num_classes: int
+    static_bn: bool = False
 
     def build(self) -> nn.Module:
-        return build_model(self.name, self.input_shape, self.num_classes)
+        return build_model(self.name, self.input_shape, self.num_classes, self.static_bn)
 
 
 def pick_device(preference: str) -> torch.device:
@@ -94,14 +96,47 @@ class ClientTrainer:
         self.augment = augment_data
         self.loss = loss_fn(training.loss, spec.num_classes)
         self.prunable = prunable_parameters(self.model)
+        self._plan: WidthPlan | None = None
 
     def train(self, job: TrainJob) -> TrainResult:
-        t = self.training
+        if job.sliced:
+            return self._train_sliced(job)
         load_numpy(self.model, job.weights)
         masked = self._mask(job.mask)
-        self.model.train()
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=job.lr, momentum=t.momentum,
-                                    weight_decay=t.weight_decay)
+        loss, count = self._fit(self.model, job)
+        grads = self._squared_grads(count) if job.want_grads else None
+        for module in masked:
+            prune.remove(module, "weight")  # weight = weight_orig ⊙ mask: exact zeros outside the mask
+        return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=to_numpy(self.model),
+                           n_samples=count, loss=loss, mask=job.mask, grads=grads)
+
+    def _train_sliced(self, job: TrainJob) -> TrainResult:
+        """Width-sliced sub-model: extract the narrow tensors, train the narrow network, embed it back."""
+        if self._plan is None:
+            self._plan = width_plan(self.model)
+        if job.mask is None:
+            model = self.model
+            load_numpy(model, job.weights)
+        else:
+            index = indices_from_mask(job.mask)
+            model = narrow_model(self.model, extract(job.weights, index))
+        dropout = OrderedDropout(model, self._plan) if job.od_widths else None
+        try:
+            loss, count = self._fit(model, job, dropout)
+        finally:
+            if dropout is not None:
+                dropout.remove()
+        weights = to_numpy(model)
+        if job.mask is not None:
+            weights = embed(weights, index, job.weights)
+        return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=weights,
+                           n_samples=count, loss=loss, mask=job.mask)
+
+    def _fit(self, model: nn.Module, job: TrainJob, dropout: OrderedDropout | None = None) -> tuple[float, int]:
+        """The local steps of a job on `model`; (mean training loss, samples seen)."""
+        t = self.training
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         count = job.local_steps * t.batch_size
         idx = torch.from_numpy(cycle_indices(self.parts[job.client], self.seed, job.client, job.cycle, count))
         job_seed = int(np.random.default_rng([self.seed, 5, job.client, job.cycle]).integers(2**62))
@@ -109,23 +144,21 @@ class ClientTrainer:
         torch.manual_seed(job_seed)  # any stochastic layer (dropout) draws from the job's seed too
         losses = []
         for step in range(job.local_steps):
+            if dropout is not None:
+                dropout.p = job.od_widths[step % len(job.od_widths)]
             batch = idx[step * t.batch_size:(step + 1) * t.batch_size]
             xb, yb = self.x[batch], self.y[batch]
             if self.augment:
                 xb = augment(xb, generator)
             xb, yb = xb.to(self.device), yb.to(self.device)
             optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(self.model(xb), yb)
+            loss = self.loss(model(xb), yb)
             loss.backward()
             if t.clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+                nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
             optimizer.step()
             losses.append(loss.item())
-        grads = self._squared_grads(count) if job.want_grads else None
-        for module in masked:
-            prune.remove(module, "weight")  # weight = weight_orig ⊙ mask: exact zeros outside the mask
-        return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=to_numpy(self.model),
-                           n_samples=count, loss=float(np.mean(losses)), mask=job.mask, grads=grads)
+        return float(np.mean(losses)), count
 
     def _mask(self, mask: Mask | None) -> list[nn.Module]:
         """Re-parametrise the masked layers (torch.nn.utils.prune): the forward pass uses weight_orig ⊙ mask,
