@@ -1,4 +1,4 @@
-"""`raypfl` command line: run | config | data.
+"""`raypfl` command line: run | sweep | compare | config | data.
 
 Exit codes: 0 success, 2 invalid input (one `error: ...` line on stderr, no traceback), 1 failure during a run.
 """
@@ -40,6 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", help="resume the run saved in DIR from its last checkpoint")
     run.set_defaults(handler=_cmd_run)
 
+    sweep = sub.add_parser("sweep", help="sweep hyperparameters with Ray Tune (one experiment per trial)")
+    sweep.add_argument("sweep", help="sweep YAML file (see tune_configs/)")
+    _add_overrides(sweep)
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    compare = sub.add_parser("compare", help="table and plots across runs (run directories or MLflow)")
+    compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories to compare")
+    compare.add_argument("--experiment", metavar="NAME", help="compare the runs of this MLflow experiment")
+    compare.add_argument("--sweep", metavar="NAME_OR_RUN_ID", help="only the trials of this sweep (with --experiment)")
+    compare.add_argument("--tracking-uri", metavar="URI",
+                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    compare.add_argument("--output", metavar="DIR", default="compare", help="where the table and plots go")
+    compare.set_defaults(handler=_cmd_compare)
+
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
@@ -75,6 +90,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       f"{cfg.clients.num_clients} clients, {cfg.algorithm.name}, {cfg.clients.heterogeneity} "
                       "heterogeneity)")
     run_experiment(cfg, output=args.output, console=console)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from raypfl.tune import run_sweep
+
+    run_sweep(args.sweep, args.overrides, resume=args.resume)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from raypfl.compare import compare_runs, load_mlflow_runs, load_run_dirs
+    from raypfl.tracking import DEFAULT_URI
+
+    console = Console()
+    if bool(args.run_dirs) == bool(args.experiment):
+        raise UserError("give either run directories or --experiment NAME")
+    if args.sweep and not args.experiment:
+        raise UserError("--sweep needs --experiment")
+    if args.run_dirs:
+        compare_runs(load_run_dirs(args.run_dirs), Path(args.output), console)
+        return 0
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    runs, parent = load_mlflow_runs(uri, args.experiment, args.sweep)
+    written = compare_runs(runs, Path(args.output), console)
+    if parent is not None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        for path in written:
+            client.log_artifact(parent, str(path), artifact_path="compare")
+        console.print(f"plots logged to the sweep's MLflow run {parent}")
     return 0
 
 

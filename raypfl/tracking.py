@@ -19,8 +19,14 @@ EVAL_METRICS = ("accuracy", "loss", "virtual_time_s", "mean_density", "min_densi
 
 
 def tracking_uri(cfg: Config) -> str:
-    """`tracking.uri` overrides `MLFLOW_TRACKING_URI`, which overrides the default SQLite file in the cwd."""
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """`tracking.uri` overrides `MLFLOW_TRACKING_URI`, which overrides the default SQLite file in the cwd.
+
+    A relative SQLite path is made absolute here: Ray processes (Tune trials above all) run in other folders."""
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 def heterogeneity_tag(cfg: Config) -> str:
@@ -37,16 +43,13 @@ class RunTracker:
 
         self.uri = tracking_uri(cfg)
         self.client = MlflowClient(tracking_uri=self.uri)
-        try:
-            experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
-            experiment_id = (experiment.experiment_id if experiment is not None
-                             else self.client.create_experiment(cfg.tracking.experiment))
-        except Exception as exc:  # mlflow raises many kinds for a bad URI or an unreachable server
-            raise UserError(f"cannot use the MLflow tracking URI {self.uri!r}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        experiment_id = self.experiment_id(self.client, cfg)
+        self._logged: set[float] = set()
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
+            # a resumed run replays the evaluations after its checkpoint: log each only once
+            self._logged = {m.value for m in self.client.get_metric_history(run_id, "virtual_time_s")}
             return
         tags = {"algorithm": cfg.algorithm.name, "dataset": cfg.data.dataset,
                 "heterogeneity": heterogeneity_tag(cfg), "mlflow.runName": run_name}
@@ -54,6 +57,17 @@ class RunTracker:
             tags["mlflow.parentRunId"] = parent_run_id
         self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         self._log_params(cfg)
+
+    @staticmethod
+    def experiment_id(client: Any, cfg: Config) -> str:
+        """The id of `tracking.experiment`, created if needed; a bad URI or a dead server is a user error."""
+        try:
+            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+            return (experiment.experiment_id if experiment is not None
+                    else client.create_experiment(cfg.tracking.experiment))
+        except Exception as exc:  # mlflow raises many kinds for a bad URI or an unreachable server
+            raise UserError(f"cannot use the MLflow tracking URI {tracking_uri(cfg)!r}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
     def _log_params(self, cfg: Config) -> None:
         from mlflow.entities import Param
@@ -65,6 +79,8 @@ class RunTracker:
     def log_eval(self, record: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
+        if float(record["virtual_time_s"]) in self._logged:
+            return
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(record[k]), stamp, int(record["round"])) for k in EVAL_METRICS]
         self.client.log_batch(self.run_id, metrics=metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,9 @@ from raypfl.report import plot_curves, summary_table, time_to_accuracy, write_hi
 from raypfl.runtime.checkpoint import load_checkpoint, save_checkpoint
 from raypfl.runtime.training import ModelSpec, layer_flops, to_numpy
 from raypfl.sim.heterogeneity import ClientClass, assign_workers, client_classes, merged_options
-from raypfl.tracking import RunTracker, heterogeneity_tag
+from raypfl.tracking import RunTracker, heterogeneity_tag, tracking_uri
+
+EvalHook = Callable[[list[dict[str, Any]], Path | None], None]
 
 
 @dataclass
@@ -36,7 +39,6 @@ class Experiment:
     dataset: Dataset
     parts: list[np.ndarray]
     classes: list[ClientClass]  # one per client
-    class_counts: list[tuple[ClientClass, int]]
     spec: ModelSpec
     weights: Weights
     sizes: Sizes
@@ -68,8 +70,7 @@ def prepare(cfg: Config) -> Experiment:
                               cfg.network.model_size_mb))
     facts = ModelFacts(prunable, {name: flops[name] / weights[name].size for name in prunable},
                        3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps, plan)
-    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], counts, spec, weights,
-                      sizes, facts)
+    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], spec, weights, sizes, facts)
 
 
 def connect_ray(cfg: Config) -> bool:
@@ -80,14 +81,17 @@ def connect_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
+    # every process of the job resolves the MLflow URI the same way (platform notes: MLflow on several nodes)
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri(cfg)}}
     try:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         else:
             import torch
 
             gpus = torch.cuda.device_count() or cfg.runtime.logical_gpus
-            ray.init(num_gpus=gpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+            ray.init(num_gpus=gpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                     runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UserError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None
@@ -101,24 +105,41 @@ def default_num_workers(cfg: Config) -> int:
     return max(1, min(cfg.clients.num_clients, cpus))
 
 
-def start_pool(exp: Experiment) -> tuple[list[Any], list[int]]:
-    """Create the client actors: each with the resource request of the classes it serves."""
+def worker_options(cfg: Config, num_workers: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """The Ray options of each client actor (the largest request of the classes it serves), and the worker of
+    each client."""
+    counts = client_classes(cfg.clients)
+    served, client_worker = assign_workers([n for _, n in counts], min(num_workers, cfg.clients.num_clients))
+    return [merged_options([counts[k][0] for k in classes]) for classes in served], client_worker
+
+
+def bundle(options: dict[str, Any]) -> dict[str, float]:
+    """A placement-group bundle holding one actor's request (bundles may not be empty: a token CPU share then)."""
+    out = {"CPU": float(options.get("num_cpus", 0.0)), "GPU": float(options.get("num_gpus", 0.0)),
+           **options.get("resources", {})}
+    return {k: v for k, v in out.items() if v > 0} or {"CPU": 0.01}
+
+
+def start_pool(exp: Experiment, group: Any = None) -> tuple[list[Any], list[int]]:
+    """Create the client actors, each with the resource request of the classes it serves; inside a placement
+    group (a Tune trial's), actor i takes bundle i + 1."""
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from raypfl.runtime.client import ClientActor
 
     cfg = exp.cfg
-    num_workers = min(cfg.runtime.num_workers or default_num_workers(cfg), cfg.clients.num_clients)
-    served, client_worker = assign_workers([n for _, n in exp.class_counts], num_workers)
+    options, client_worker = worker_options(cfg, cfg.runtime.num_workers or default_num_workers(cfg))
     train_ref = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train})
     parts_ref = ray.put(exp.parts)
     remote = ray.remote(ClientActor)
-    actors = [
-        remote.options(**merged_options([exp.class_counts[k][0] for k in classes]),
-                       name=None).remote(exp.spec, train_ref, parts_ref, cfg.training, cfg.experiment.seed,
-                                         cfg.data.augment, cfg.runtime.device, cfg.runtime.threads_per_worker)
-        for classes in served
-    ]
+    actors = []
+    for worker, opts in enumerate(options):
+        if group is not None:
+            opts = {**opts, "scheduling_strategy": PlacementGroupSchedulingStrategy(group, worker + 1)}
+        actors.append(remote.options(**opts).remote(exp.spec, train_ref, parts_ref, cfg.training,
+                                                    cfg.experiment.seed, cfg.data.augment, cfg.runtime.device,
+                                                    cfg.runtime.threads_per_worker))
     return actors, client_worker
 
 
@@ -127,9 +148,15 @@ def _run_name(cfg: Config) -> str:
 
 
 def run_experiment(cfg: Config | None = None, output: str | Path | None = None, resume: str | Path | None = None,
-                   console: Console | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Run one experiment to its budget; returns the contents of result.json."""
+                   console: Console | None = None, parent_run_id: str | None = None, on_eval: EvalHook | None = None,
+                   placement_group: Any = None) -> dict[str, Any]:
+    """Run one experiment to its budget; returns the contents of result.json.
+
+    `on_eval(history, checkpoint_dir)` is called after every evaluation (the newest is history[-1]), with the
+    checkpoint folder when one was just written (Tune reports through it). Inside `placement_group` the
+    aggregator takes bundle 0 and client actor i bundle i + 1."""
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from raypfl.runtime.aggregator import AggregatorActor
 
@@ -166,13 +193,16 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
     aggregator = None
     status = "FAILED"
     try:
-        actors, client_worker = start_pool(exp)
+        actors, client_worker = start_pool(exp, placement_group)
         test_ref = ray.put({"x": exp.dataset.x_test, "y": exp.dataset.y_test})
-        aggregator = ray.remote(AggregatorActor).options(num_cpus=0).remote(
+        options: dict[str, Any] = {"num_cpus": 0}
+        if placement_group is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group, 0)
+        aggregator = ray.remote(AggregatorActor).options(**options).remote(
             cfg.model_dump(mode="json"), exp.classes, exp.weights, exp.sizes, exp.facts, exp.spec, test_ref, actors,
             client_worker, snapshot)
         history = list(snapshot["history"]) if snapshot else []
-        history = _drive(cfg, aggregator, tracker, run_dir, history, console)
+        history = _drive(cfg, aggregator, tracker, run_dir, history, console, on_eval)
         clients = ray.get(aggregator.clients.remote())
         changes = ray.get(aggregator.density_log.remote())
         result = _result(cfg, history, clients, changes, run_dir, tracker)
@@ -202,7 +232,7 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
 
 
 def _drive(cfg: Config, aggregator: Any, tracker: RunTracker | None, run_dir: Path,
-           history: list[dict[str, Any]], console: Console) -> list[dict[str, Any]]:
+           history: list[dict[str, Any]], console: Console, on_eval: EvalHook | None) -> list[dict[str, Any]]:
     """Pull evaluations from the aggregator until the budget is spent: progress, MLflow, checkpoints."""
     import ray
 
@@ -219,8 +249,9 @@ def _drive(cfg: Config, aggregator: Any, tracker: RunTracker | None, run_dir: Pa
         while True:
             step = ray.get(aggregator.run_until_eval.remote())
             record = step["record"]
-            if not history or history[-1]["round"] != record["round"] or \
-                    history[-1]["virtual_time_s"] != record["virtual_time_s"]:
+            new = not history or history[-1]["round"] != record["round"] or \
+                history[-1]["virtual_time_s"] != record["virtual_time_s"]
+            if new:
                 history.append(record)
                 if tracker is not None:
                     tracker.log_eval(record)
@@ -228,8 +259,12 @@ def _drive(cfg: Config, aggregator: Any, tracker: RunTracker | None, run_dir: Pa
                             acc=f"{100 * record['accuracy']:.1f}%", flight=step["in_flight"])
             evals += 1
             every = cfg.runtime.checkpoint_every
+            saved = None
             if every and (evals % every == 0 or step["done"]):
-                save_checkpoint(run_dir / "checkpoints" / "latest.pt", ray.get(aggregator.snapshot.remote()))
+                saved = run_dir / "checkpoints"
+                save_checkpoint(saved / "latest.pt", ray.get(aggregator.snapshot.remote()))
+            if on_eval is not None and (new or saved is not None):
+                on_eval(history, saved)
             if step["done"]:
                 return history
 

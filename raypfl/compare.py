@@ -1,0 +1,226 @@
+"""`raypfl compare`: runs side by side, from run directories or from MLflow (an experiment, or one sweep).
+
+Runs that differ only in their seed form a group; a group is one row of the table (mean ± std over seeds) and
+one curve with a band in each plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from raypfl.config import flatten, load_config
+from raypfl.errors import UserError
+from raypfl.report import time_to_accuracy
+
+CURVES = ("virtual_time_s", "accuracy", "mean_density", "bytes_up", "bytes_down")
+_NOT_LABELS = ("experiment.seed", "algorithm.name", "algorithm.variant")  # seeds are pooled; the others are the method
+
+
+@dataclass
+class RunData:
+    source: str
+    algorithm: str
+    variant: str
+    dataset: str
+    heterogeneity: str
+    seed: int
+    targets: list[float]
+    history: list[dict[str, float]]  # per evaluation: the CURVES keys
+    swept: dict[str, str] = field(default_factory=dict)  # searched config values other than the seed
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        method = self.algorithm if self.variant == "base" else f"{self.algorithm}+{self.variant}"
+        if self.swept:
+            method += " " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(self.swept.items()))
+        return method, self.dataset, self.heterogeneity
+
+
+def load_run_dirs(paths: Iterable[str | Path], swept: list[str] | None = None) -> list[RunData]:
+    """Runs from their directories (or their result.json files); `swept` names the config keys that tell
+    groups apart besides the seed (default: none)."""
+    runs = []
+    for path in paths:
+        run_dir = Path(path).parent if Path(path).name == "result.json" else Path(path)
+        result_file = run_dir / "result.json"
+        if not result_file.is_file():
+            raise UserError(f"{run_dir} is not a finished run directory (no result.json)")
+        result = json.loads(result_file.read_text())
+        flat = flatten(load_config(run_dir / "config.yaml"))
+        runs.append(RunData(
+            source=str(run_dir), algorithm=result["algorithm"], variant=flat.get("algorithm.variant", "base"),
+            dataset=result["dataset"], heterogeneity=result["heterogeneity"], seed=int(result["seed"]),
+            targets=json.loads(flat["budget.target_accuracies"].replace("'", '"')),
+            history=[{k: float(r[k]) for k in CURVES} for r in result["history"]],
+            swept={k: flat[k] for k in swept or [] if k not in _NOT_LABELS and k in flat}))
+    return runs
+
+
+def load_mlflow_runs(uri: str, experiment: str, sweep: str | None = None) -> tuple[list[RunData], str | None]:
+    """Runs of an MLflow experiment, or only the children of one sweep (its parent run's id or sweep name);
+    also returns the parent run id when a sweep was asked for."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # mlflow raises many kinds for a bad URI
+        raise UserError(f"cannot read MLflow at {uri!r}: {type(exc).__name__}") from None
+    if found is None:
+        raise UserError(f"no MLflow experiment named '{experiment}' at {uri}")
+    parent_id, swept = None, []
+    if sweep is not None:
+        parents = client.search_runs([found.experiment_id], filter_string=f"tags.`raypfl.sweep` = '{sweep}'")
+        parent = parents[0] if parents else _run_or_none(client, sweep)
+        if parent is None:
+            raise UserError(f"no sweep '{sweep}' (by name or parent run id) in experiment '{experiment}'")
+        parent_id = parent.info.run_id
+        swept = list(json.loads(parent.data.params.get("search_space", "{}")))
+    query = f"tags.mlflow.parentRunId = '{parent_id}'" if parent_id else ""
+    runs = []
+    for run in client.search_runs([found.experiment_id], filter_string=query, max_results=5000):
+        history = _metric_table(client, run.info.run_id)
+        if not history or "algorithm" not in run.data.tags:
+            continue  # a sweep's parent run, or a run that never evaluated
+        params = run.data.params
+        runs.append(RunData(
+            source=run.info.run_id, algorithm=run.data.tags["algorithm"],
+            variant=params.get("algorithm.variant", "base"), dataset=run.data.tags.get("dataset", "?"),
+            heterogeneity=run.data.tags.get("heterogeneity", "?"), seed=int(params.get("experiment.seed", 0)),
+            targets=json.loads(params.get("budget.target_accuracies", "[]").replace("'", '"')), history=history,
+            swept={k: params[k] for k in swept if k not in _NOT_LABELS and k in params}))
+    if not runs:
+        raise UserError(f"no finished runs in experiment '{experiment}'" + (f" under sweep '{sweep}'" if sweep else ""))
+    return runs, parent_id
+
+
+def _run_or_none(client: Any, run_id: str) -> Any:
+    try:
+        return client.get_run(run_id)
+    except Exception:  # not a run id
+        return None
+
+
+def _metric_table(client: Any, run_id: str) -> list[dict[str, float]]:
+    """The evaluation records of a run from its metric histories (logged together, one batch per evaluation)."""
+    series = {}
+    for key in CURVES:
+        points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        series[key] = [m.value for m in points]
+    n = min(len(v) for v in series.values())
+    return [{k: series[k][i] for k in CURVES} for i in range(n)]
+
+
+def _mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "-"
+    mean = fmt.format(scale * statistics.mean(values))
+    return mean if len(values) == 1 else f"{mean} ± {fmt.format(scale * statistics.stdev(values))}"
+
+
+def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[RunData]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    targets = sorted({t for run in runs for t in run.targets})
+    rows = []
+    for (method, dataset, heterogeneity), members in sorted(groups.items()):
+        row: dict[str, Any] = {"method": method, "dataset": dataset, "heterogeneity": heterogeneity,
+                               "seeds": ",".join(str(s) for s in sorted({r.seed for r in members})),
+                               "runs": len(members),
+                               "final accuracy (%)": _mean_std([r.history[-1]["accuracy"] for r in members], 100)}
+        for target in targets:
+            reach = [time_to_accuracy(r.history, [target])[f"{target:g}"] for r in members]
+            hit = [t for t in reach if t is not None]
+            row[f"time to {100 * target:g} % (s)"] = (_mean_std(hit, fmt="{:.0f}") if hit else "not reached") + (
+                f" ({len(hit)}/{len(reach)})" if len(hit) not in (0, len(reach)) else "")
+        row["MB up + down"] = _mean_std([(r.history[-1]["bytes_up"] + r.history[-1]["bytes_down"]) / 2**20
+                                         for r in members], fmt="{:,.0f}")
+        rows.append(row)
+    return rows
+
+
+def compare_runs(runs: list[RunData], output: Path, console: Console) -> list[Path]:
+    """Print the table; write it as CSV with the three plots into `output`; return the written files."""
+    rows = summary_rows(runs)
+    table = Table(title=f"{len(runs)} runs")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    output.mkdir(parents=True, exist_ok=True)
+    written = [output / "compare.csv"]
+    with written[0].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    written += plot_comparison(runs, output)
+    console.print(f"table and plots written to {output}")
+    return written
+
+
+def _on_grid(run: RunData, key: str, grid: np.ndarray) -> np.ndarray:
+    """A run's metric as a step function of virtual time: the last evaluation at or before each grid time."""
+    times = np.array([r["virtual_time_s"] for r in run.history])
+    values = np.array([r[key] if key != "bytes" else r["bytes_up"] + r["bytes_down"] for r in run.history])
+    idx = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, len(values) - 1)
+    return values[idx]
+
+
+def plot_comparison(runs: list[RunData], output: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str, str], list[RunData]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    several = len({g[1:] for g in groups}) > 1
+    paths = []
+    for key, ylabel, name in (("accuracy", "test accuracy", "compare_accuracy.png"),
+                              ("mean_density", "mean client density", "compare_density.png")):
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        for group, members in sorted(groups.items()):
+            grid = np.linspace(0, min(r.history[-1]["virtual_time_s"] for r in members), 300)
+            curves = np.stack([_on_grid(r, key, grid) for r in members])
+            mean = curves.mean(axis=0)
+            label = " · ".join(group) if several else group[0]
+            (line,) = ax.plot(grid, mean, label=f"{label} (n={len(members)})")
+            if len(members) > 1:
+                std = curves.std(axis=0, ddof=1)
+                ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("virtual time (s)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(output / name, dpi=120)
+        plt.close(fig)
+        paths.append(output / name)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for group, members in sorted(groups.items()):
+        grid = np.linspace(0, min(r.history[-1]["virtual_time_s"] for r in members), 300)
+        traffic = np.stack([_on_grid(r, "bytes", grid) for r in members]).mean(axis=0) / 2**20
+        accuracy = np.stack([_on_grid(r, "accuracy", grid) for r in members]).mean(axis=0)
+        ax.plot(traffic, accuracy, label=" · ".join(group) if several else group[0])
+    ax.set_xlabel("traffic, up + down (MB)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output / "compare_bytes.png", dpi=120)
+    plt.close(fig)
+    paths.append(output / "compare_bytes.png")
+    return paths

@@ -1,0 +1,190 @@
+"""`raypfl sweep` and `raypfl compare`: sweep files, a Tune sweep nested in MLflow, interrupt and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raypfl.cli import main
+from raypfl.errors import UserError
+from raypfl.tune import Sweep
+
+TINY_BASE = {"clients": {"num_clients": 4}, "budget": {"virtual_time_s": 50, "eval_every": 4}}
+
+
+def write_sweep(folder: Path, name: str, **spec: object) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def mlflow_runs(uri: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("raypfl")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"search_space": {"training.lr": {"grid": [0.1]}}, "bogus": 1}, "unknown key 'bogus'"),
+        ({"search_space": {}}, "search_space"),
+        ({"search_space": {"training.lr": {"grid": [0.1], "choice": [0.2]}}}, "exactly one of"),
+        ({"search_space": {"training.lr": {"uniform": [0.5, 0.1]}}}, "lo < hi"),
+        ({"search_space": {"training.lr": {"loguniform": [0, 0.1]}}}, "lo > 0"),
+        ({"search_space": {"training.lr": {"grid": []}}}, "search_space.training.lr.grid"),
+        ({"search_space": {"training.nope": {"grid": [1]}}}, "search_space 'training.nope': unknown config key"),
+        ({"search_space": {"training.lr": {"grid": [-1]}}}, "search_space 'training.lr'"),
+        ({"search_space": {"training.lr": {"grid": [0.1]}}, "metric": "speed"}, "'metric'"),
+        ({"search_space": {"training.lr": {"grid": [0.1]}}, "mode": "up"}, "'mode'"),
+        ({"search_space": {"training.lr": {"grid": [0.1]}}, "base": {"clients": {"num_clients": 0}}},
+         "sweep base: invalid value 0 for 'clients.num_clients'"),
+        ({"search_space": {"training.lr": {"grid": [0.1]}}, "base": "missing.yaml"}, "missing.yaml"),
+        ({"search_space": {"training.lr": {"grid": [0.1]}}, "scheduler": "hyperband"}, "scheduler"),
+    ],
+)
+def test_invalid_sweep_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 spec: dict, fragment: str) -> None:
+    path = write_sweep(tmp_path, "bad", **spec)
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def test_sweep_file_resolution(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    path = write_sweep(tmp_path, "s", base="base.yaml", num_samples=2, scheduler="asha",
+                       search_space={"algorithm.name": {"grid": ["fedavg", "fedgmr"]},
+                                     "training.lr": {"loguniform": [0.01, 0.1]}})
+    sweep = Sweep(path, ["experiment.output_dir=" + str(tmp_path / "out")])
+    assert sweep.name == "s" and sweep.dir == tmp_path / "out" / "sweeps" / "s"
+    assert sweep.expected_trials == 4 and sweep.spec.scheduler is not None
+    cfg = sweep.trial_config({"algorithm.name": "fedavg", "training.lr": 0.02})
+    assert cfg.algorithm.name == "fedavg" and cfg.training.lr == 0.02 and cfg.runtime.num_workers == 1
+    assert cfg.tracking.uri is not None and cfg.tracking.uri.startswith("sqlite:////")  # absolute for trials
+    bundles = sweep.bundles({"algorithm.name": "fedavg", "training.lr": 0.02})
+    assert bundles[0] == {"CPU": 1.0} and len(bundles) == 2 and bundles[1]["GPU"] > 0
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_four_trial_sweep_nests_in_mlflow_and_compares(tmp_path: Path, tracking_uri: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    base = {**TINY_BASE, "experiment": {"output_dir": str(tmp_path / "runs")}, "tracking": {"uri": tracking_uri}}
+    path = write_sweep(tmp_path, "four", base=base,
+                       search_space={"algorithm.name": {"grid": ["fedavg", "fedgmr"]},
+                                     "experiment.seed": {"grid": [0, 1]}})
+    assert main(["sweep", str(path)]) == 0
+    client, runs = mlflow_runs(tracking_uri)
+    parents = [r for r in runs if r.data.tags.get("raypfl.sweep") == "four"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and len(runs) == 5
+    assert {(r.data.tags["algorithm"], r.data.params["experiment.seed"]) for r in children} == {
+        ("fedavg", "0"), ("fedavg", "1"), ("fedgmr", "0"), ("fedgmr", "1")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for key in ("accuracy", "virtual_time_s"):
+            assert len(client.get_metric_history(child.info.run_id, key)) >= 2, key
+    assert "best_final_accuracy" in client.get_run(parent.info.run_id).data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "best_config.yaml", "compare"} <= artifacts
+    capsys.readouterr()
+
+    out_dir = tmp_path / "cmp"
+    code = main(["compare", "--experiment", "raypfl", "--sweep", "four", "--tracking-uri", tracking_uri,
+                 "--output", str(out_dir)])
+    out = capsys.readouterr().out
+    assert code == 0 and "fedavg" in out and "fedgmr" in out and "4 runs" in out
+    for name in ("compare.csv", "compare_accuracy.png", "compare_density.png", "compare_bytes.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    rows = (out_dir / "compare.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("fedavg,digits,high,\"0,1\",2,")
+
+    trial_dirs = sorted((tmp_path / "runs" / "sweeps" / "four" / "trials").iterdir())
+    assert main(["compare", *map(str, trial_dirs), "--output", str(tmp_path / "cmp2")]) == 0
+    assert (tmp_path / "cmp2" / "compare_accuracy.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["compare"], "give either run directories or --experiment"),
+        (["compare", "/nonexistent/run"], "not a finished run directory"),
+        (["compare", "--sweep", "x"], "give either run directories or --experiment"),
+    ],
+)
+def test_bad_compare_input(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+
+
+def test_compare_unknown_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str], tracking_uri: str) -> None:
+    assert main(["compare", "--experiment", "nope", "--tracking-uri", tracking_uri]) == 2
+    assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_resume_needs_an_existing_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path, "never", base={"experiment": {"output_dir": str(tmp_path)}},
+                       search_space={"training.lr": {"grid": [0.1]}})
+    assert main(["sweep", str(path), "--resume"]) == 2
+    assert "no sweep named 'never'" in capsys.readouterr().err
+
+
+def test_interrupted_sweep_resumes_with_every_trial_exactly_once(tmp_path: Path, tracking_uri: str) -> None:
+    """A real Ctrl+C on a running `raypfl sweep` (its own Ray instance), then `--resume`."""
+    base = {"clients": {"num_clients": 4}, "budget": {"virtual_time_s": 80, "eval_every": 4},
+            "runtime": {"checkpoint_every": 1}, "experiment": {"output_dir": str(tmp_path / "runs")},
+            "tracking": {"uri": tracking_uri}}
+    path = write_sweep(tmp_path, "resumable", base=base, max_concurrent_trials=1,
+                       search_space={"algorithm.name": {"grid": ["fedavg", "fedgmr"]},
+                                     "experiment.seed": {"grid": [0, 1]}})
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, "-m", "raypfl", "sweep", str(path)]
+    trials = tmp_path / "runs" / "sweeps" / "resumable" / "trials"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(trials.glob("*/result.json")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        assert list(trials.glob("*/result.json")), "no trial finished before the deadline"
+        time.sleep(3)  # the second trial is under way
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    assert "--resume" in err
+    assert len(list(trials.glob("*/result.json"))) < 4
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(list(trials.glob("*/result.json"))) == 4
+    client, runs = mlflow_runs(tracking_uri)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted((r.data.tags["algorithm"], r.data.params["experiment.seed"]) for r in children) == [
+        ("fedavg", "0"), ("fedavg", "1"), ("fedgmr", "0"), ("fedgmr", "1")]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        times = [m.value for m in client.get_metric_history(child.info.run_id, "virtual_time_s")]
+        assert len(times) == len(set(times)) and max(times) == 80  # replayed evaluations are logged once
+
+
+def test_sweep_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, "twice", base={"experiment": {"output_dir": str(tmp_path)}},
+                       search_space={"training.lr": {"grid": [0.1]}})
+    (tmp_path / "sweeps" / "twice" / "tune" / "twice").mkdir(parents=True)
+    with pytest.raises(UserError, match="already exists"):
+        from raypfl.tune import run_sweep
+
+        run_sweep(path)
