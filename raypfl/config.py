@@ -21,6 +21,7 @@ MODELS = ("cnn", "vgg11", "resnet18", "mlp")
 ALGORITHMS = ("fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex", "fjord")
 VARIANTS = ("base", "aux", "aux_gmr")
 LEVELS = ("high", "medium", "low")
+LEVEL_CLASS_NAMES = ("d1", "d0.5", "d0.2", "d0.1", "d0.05")  # the paper's five classes, by initial density
 
 
 
@@ -98,9 +99,20 @@ class ComputeConfig(Section):
 class ClientsConfig(Section):
     num_clients: int = Field(10, ge=1, le=100_000)
     heterogeneity: Literal["high", "medium", "low"] | list[ClientClassConfig] = "high"
+    # class name → custom Ray resource (a node pool): that class's client actors only run on nodes offering it
+    placement: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
     download_base_mbps: Positive = 20.0
     upload_base_mbps: Positive = 5.0
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    @model_validator(mode="after")
+    def _placement_names_classes(self) -> ClientsConfig:
+        names = ([c.name for c in self.heterogeneity] if isinstance(self.heterogeneity, list)
+                 else list(LEVEL_CLASS_NAMES))
+        for name in self.placement:
+            if name not in names:
+                raise ValueError(f"clients.placement names class '{name}', but the classes are {', '.join(names)}")
+        return self
 
     @model_validator(mode="after")
     def _explicit_classes_cover_all_clients(self) -> ClientsConfig:

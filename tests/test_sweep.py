@@ -188,3 +188,11 @@ def test_sweep_refuses_to_overwrite(tmp_path: Path) -> None:
         from raypfl.tune import run_sweep
 
         run_sweep(path)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "tune_configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweeps_are_valid(path: Path) -> None:
+    sweep = Sweep(path)
+    assert sweep.name == path.stem and sweep.expected_trials >= 8
+    assert path.read_text().startswith("#")  # each says what it answers and how long it takes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -81,8 +82,11 @@ def connect_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
-    # every process of the job resolves the MLflow URI the same way (platform notes: MLflow on several nodes)
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri(cfg)}}
+    # every process of the job resolves the MLflow URI the same way (platform notes: MLflow on several nodes),
+    # unless a submitted job already sets it (Ray refuses two values for one variable)
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    runtime_env = {} if "MLFLOW_TRACKING_URI" in (job_env.get("env_vars") or {}) else {
+        "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri(cfg)}}
     try:
         if address:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
@@ -110,7 +114,27 @@ def worker_options(cfg: Config, num_workers: int) -> tuple[list[dict[str, Any]],
     each client."""
     counts = client_classes(cfg.clients)
     served, client_worker = assign_workers([n for _, n in counts], min(num_workers, cfg.clients.num_clients))
+    for classes in served:
+        pools = {cfg.clients.placement.get(counts[k][0].name) for k in classes}
+        if len(pools) > 1:
+            names = ", ".join(counts[k][0].name for k in classes)
+            raise UserError(f"with {len(served)} client actors, classes {names} share one but are pinned to different "
+                            f"node pools ({', '.join(sorted(str(p) for p in pools))}): set runtime.num_workers to at "
+                            f"least {len(counts)}, one per class")
     return [merged_options([counts[k][0] for k in classes]) for classes in served], client_worker
+
+
+def check_schedulable(options: list[dict[str, Any]]) -> None:
+    """An actor whose request no node can meet would wait forever: say which resource is missing instead."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for opts in options:
+        need = {k: v for k, v in bundle(opts).items() if v > 0}
+        if not any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+            offered = sorted({k for node in nodes for k in node if not k.startswith("node:")})
+            raise UserError(f"no node of the Ray cluster can host a client actor needing {need} "
+                            f"(the nodes offer {', '.join(offered)})")
 
 
 def bundle(options: dict[str, Any]) -> dict[str, float]:
@@ -130,6 +154,8 @@ def start_pool(exp: Experiment, group: Any = None) -> tuple[list[Any], list[int]
 
     cfg = exp.cfg
     options, client_worker = worker_options(cfg, cfg.runtime.num_workers or default_num_workers(cfg))
+    if group is None:
+        check_schedulable(options)
     train_ref = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train})
     parts_ref = ray.put(exp.parts)
     remote = ray.remote(ClientActor)
@@ -141,6 +167,22 @@ def start_pool(exp: Experiment, group: Any = None) -> tuple[list[Any], list[int]
                                                     cfg.experiment.seed, cfg.data.augment, cfg.runtime.device,
                                                     cfg.runtime.threads_per_worker))
     return actors, client_worker
+
+
+def describe_workers(exp: Experiment, actors: list[Any], client_worker: list[int]) -> list[dict[str, Any]]:
+    """Where each client actor ran: its classes, node (and that node's custom resources), device and GPU ids."""
+    import ray
+
+    system = ("CPU", "GPU", "memory", "object_store_memory")
+    pools = {n["NodeID"]: sorted(k for k in n["Resources"] if k not in system and not k.startswith(("node:", "acc")))
+             for n in ray.nodes()}
+    out = []
+    for worker, info in enumerate(ray.get([a.info.remote() for a in actors])):
+        mine = [c for c, w in enumerate(client_worker) if w == worker]
+        out.append({"worker": worker, "classes": sorted({exp.classes[c].name for c in mine}), "clients": len(mine),
+                    "node": info["node"], "node_resources": pools.get(info["node"], []), "device": info["device"],
+                    "gpu_ids": info["gpu_ids"]})
+    return out
 
 
 def _run_name(cfg: Config) -> str:
@@ -206,6 +248,7 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         clients = ray.get(aggregator.clients.remote())
         changes = ray.get(aggregator.density_log.remote())
         result = _result(cfg, history, clients, changes, run_dir, tracker)
+        result["workers"] = describe_workers(exp, actors, client_worker)
         write_json(run_dir / "result.json", result)
         write_history_csv(run_dir / "history.csv", history)
         plot_curves(run_dir / "curves.png", history, f"{cfg.algorithm.name} · {cfg.data.dataset} · "

@@ -6,13 +6,14 @@ The paper's five classes have initial density 1.0/0.5/0.2/0.1/0.05 with bandwidt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from raypfl.config import ClientsConfig, ComputeConfig
+from raypfl.config import LEVEL_CLASS_NAMES, ClientsConfig, ComputeConfig
 
 PAPER_DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
+PIN_SHARE = 0.001  # what one actor takes of a node pool's custom resource: pinning, not rationing
 LEVEL_SHARES: dict[str, tuple[float, ...]] = {
     "high": (0.1, 0.1, 0.1, 0.1, 0.6),
     "medium": (0.1, 0.1, 0.2, 0.3, 0.3),
@@ -65,14 +66,20 @@ def level_counts(shares: tuple[float, ...], num_clients: int) -> list[int]:
 
 
 def client_classes(cfg: ClientsConfig) -> list[tuple[ClientClass, int]]:
-    """The classes of a config with their client counts, strongest first as configured."""
+    """The classes of a config with their client counts, strongest first as configured; a class pinned by
+    `clients.placement` also asks for a sliver of its node pool's custom resource."""
+    return [(replace(k, resources={**k.resources, cfg.placement[k.name]: PIN_SHARE}) if k.name in cfg.placement
+             else k, n) for k, n in _classes(cfg)]
+
+
+def _classes(cfg: ClientsConfig) -> list[tuple[ClientClass, int]]:
     if isinstance(cfg.heterogeneity, str):
         counts = level_counts(LEVEL_SHARES[cfg.heterogeneity], cfg.num_clients)
         classes = [
-            ClientClass(name=f"d{d:g}", density=d, download_mbps=cfg.download_base_mbps * d,
+            ClientClass(name=name, density=d, download_mbps=cfg.download_base_mbps * d,
                         upload_mbps=cfg.upload_base_mbps * d, tflops=cfg.compute.base_tflops * d,
                         resources=default_resources(d))
-            for d in PAPER_DENSITIES
+            for name, d in zip(LEVEL_CLASS_NAMES, PAPER_DENSITIES, strict=True)
         ]
         return [(c, n) for c, n in zip(classes, counts, strict=True) if n > 0]
     out = []

@@ -1,0 +1,83 @@
+"""A real multi-node Ray cluster on this machine (cluster/local_cluster.sh: a head and one worker node, each its
+own node pool), an experiment submitted with `ray job submit --working-dir`, and client actors of different
+classes placed on the nodes their pools name. The cluster is always stopped, also on failure."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = ROOT / "cluster" / "local_cluster.sh"
+DASHBOARD = "http://127.0.0.1:8266"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, str]]:
+    folder = tempfile.mkdtemp(prefix="rpc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RAY_CLUSTER_DIR": folder,
+           "RAY_PORT": "6391", "RAY_DASHBOARD_PORT": "8266", "AGENT_PORT": "52410"}
+    try:
+        subprocess.run([str(SCRIPT), "start", "1"], env=env, check=True, timeout=240, capture_output=True)
+        yield env
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def job(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("job")
+    config = work / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "experiment": {"name": "onjob", "output_dir": str(work / "runs")},
+        "clients": {"num_clients": 4,
+                    "heterogeneity": [
+                        {"name": "fast", "density": 1.0, "count": 2, "download_mbps": 20, "upload_mbps": 5},
+                        {"name": "slow", "density": 0.2, "count": 2, "download_mbps": 4, "upload_mbps": 1}],
+                    "placement": {"fast": "pool_head", "slow": "pool_1"}},
+        "budget": {"virtual_time_s": 40, "eval_every": 4},
+        "runtime": {"num_workers": 2}}))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    started = time.monotonic()
+    submit = subprocess.run(
+        ["ray", "job", "submit", "--address", DASHBOARD, "--submission-id", "raypfl-test", "--working-dir", str(ROOT),
+         "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}}), "--",
+         sys.executable, "-m", "raypfl", "run", str(config)],
+        env=cluster, capture_output=True, text=True, timeout=900)
+    elapsed = time.monotonic() - started
+    status = subprocess.run(["ray", "job", "status", "--address", DASHBOARD, "raypfl-test"], env=cluster,
+                            capture_output=True, text=True, timeout=120)
+    results = list((work / "runs" / "onjob").glob("*/result.json"))
+    print(f"ray job submit took {elapsed:.1f} s")
+    return {"submit": submit, "status": status.stdout + status.stderr, "uri": uri, "elapsed": elapsed,
+            "result": json.loads(results[0].read_text()) if results else None}
+
+
+def test_job_submit_runs_an_experiment_on_the_cluster(job: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert job["submit"].returncode == 0, job["submit"].stdout[-3000:] + job["submit"].stderr[-3000:]
+    assert "succeeded" in job["status"].lower()
+    result = job["result"]
+    assert result is not None and result["virtual_time_s"] == 40 and result["client_updates"] > 0
+    run = MlflowClient(job["uri"]).get_run(result["mlflow_run_id"])  # the URI travelled through runtime_env
+    assert run.info.status == "FINISHED" and "accuracy" in run.data.metrics
+
+
+def test_client_actors_run_on_the_node_pools_their_classes_name(job: dict[str, Any]) -> None:
+    workers = {tuple(w["classes"]): w for w in job["result"]["workers"]}
+    assert set(workers) == {("fast",), ("slow",)}
+    assert workers[("fast",)]["node_resources"] == ["pool_head"]
+    assert workers[("slow",)]["node_resources"] == ["pool_1"]
+    assert workers[("fast",)]["node"] != workers[("slow",)]["node"]
