@@ -81,6 +81,7 @@ def test_explicit_classes() -> None:
         ("algorithm.variant=fast", "'base', 'aux' or 'aux_gmr'"),
         ("algorithm.width.kind=random", "'algorithm.width.kind'"),
         ("algorithm.width.kind=static", "exclusive"),
+        ("clients.placement={d7: pool_a}", "clients.placement names class 'd7'"),
     ],
 )
 def test_bad_values_name_key_and_allowed(override: str, expected: str) -> None:
