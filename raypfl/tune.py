@@ -213,13 +213,14 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool
     sweep.dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = connect_ray(sweep.config)
-    parent = _ParentRun(sweep, resume) if sweep.config.tracking.enabled else None
-    _check_fits(sweep, console)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=sweep, parent_run_id=parent.run_id if parent else None),
-        resources=lambda params: tune.PlacementGroupFactory(sweep.bundles(params)))
+    parent: _ParentRun | None = None
     status = "FAILED"
     try:
+        parent = _ParentRun(sweep, resume) if sweep.config.tracking.enabled else None
+        _check_fits(sweep, console)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, sweep=sweep, parent_run_id=parent.run_id if parent else None),
+            resources=lambda params: tune.PlacementGroupFactory(sweep.bundles(params)))
         if resume:
             tuner = tune.Tuner.restore(str(state), trainable=trainable, resume_errored=True)
         else:
