@@ -397,6 +397,10 @@ class _ParentRun:
         self.client.log_artifact(self.run_id, str(resolved))
 
     def finish_sweep(self, summary: dict[str, Any]) -> None:
+        for trial in summary["trials"]:  # Tune kills a trial it stops early before its run can close itself
+            marker = Path(trial["run_dir"]) / "mlflow_run_id"
+            if trial["status"] != "done" and marker.is_file():
+                self.client.set_terminated(marker.read_text().strip(), status="KILLED")
         best = summary["best"]
         if best is None:
             return
