@@ -17,6 +17,12 @@ from raypfl.fl.slicing import WidthPlan
 from raypfl.sim.clock import MB
 
 
+def _parity_mb(model_size_mb: float | None) -> float:
+    if model_size_mb is None:
+        raise ValueError("the parity size model needs model_size_mb")
+    return model_size_mb
+
+
 class Sizes(Protocol):
     def megabytes(self, density: float) -> float: ...
 
@@ -36,14 +42,14 @@ class SizeModel:
 
     def megabytes(self, density: float) -> float:
         if self.kind == "parity":
-            return self._parity_mb() * density
+            return _parity_mb(self.model_size_mb) * density
         held = 4 * self.prunable_params if density >= 1 else self._encoded(round(density * self.prunable_params))
         return (4 * self.other_params + held) / MB
 
     def increment_megabytes(self, low: float, high: float) -> float:
         """The increment from density `low` (0: nothing held yet) to `high`."""
         if self.kind == "parity":
-            return self._parity_mb() * (high - low)
+            return _parity_mb(self.model_size_mb) * (high - low)
         if low == 0:
             return self.megabytes(high)
         p = self.prunable_params
@@ -53,10 +59,6 @@ class SizeModel:
         """Bytes of `held` prunable values: with a bitmap of all P positions, or as COO, whichever is smaller."""
         return min(4 * held + self.prunable_params / 8, 8 * held)
 
-    def _parity_mb(self) -> float:
-        if self.model_size_mb is None:
-            raise ValueError("the parity size model needs model_size_mb")
-        return self.model_size_mb
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,7 @@ class WidthSizeModel:
     def increment_megabytes(self, low: float, high: float) -> float:
         """Nested windows: the increment is the values of the wider window not in the narrower one."""
         if self.kind == "parity":
-            if self.model_size_mb is None:
-                raise ValueError("the parity size model needs model_size_mb")
-            return self.model_size_mb * (high - low)
+            return _parity_mb(self.model_size_mb) * (high - low)
         held = self.plan.numel(low) if low > 0 else 0
         return 4 * (self.plan.numel(high) - held) / MB
 

@@ -174,7 +174,8 @@ def describe_workers(exp: Experiment, actors: list[Any], client_worker: list[int
     import ray
 
     system = ("CPU", "GPU", "memory", "object_store_memory")
-    pools = {n["NodeID"]: sorted(k for k in n["Resources"] if k not in system and not k.startswith(("node:", "acc")))
+    pools = {n["NodeID"]: sorted(k for k in n["Resources"]
+                                 if k not in system and not k.startswith(("node:", "accelerator_type:")))
              for n in ray.nodes()}
     out = []
     for worker, info in enumerate(ray.get([a.info.remote() for a in actors])):
