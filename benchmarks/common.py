@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 from pathlib import Path
@@ -20,6 +21,20 @@ def fashion_base(budget: float) -> list[str]:
     return ["data.dataset=fashion_mnist", "model.name=cnn", "clients.num_clients=10", "clients.heterogeneity=high",
             "data.partition.kind=dirichlet", "data.partition.alpha=0.6", f"budget.virtual_time_s={budget}",
             "budget.eval_every=25", "budget.eval_samples=2000"]
+
+
+def fashion_main(description: str, variants: dict[str, list[str]]) -> None:
+    """The command line of a benchmark in the Fashion-MNIST setting: pick variants, budget, seeds and target."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--budget", type=float, default=3000.0, help="virtual seconds per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--target", type=float, default=0.75, help="accuracy target for time-to-accuracy")
+    parser.add_argument("--variants", nargs="+", default=list(variants), choices=list(variants))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    args = parser.parse_args()
+    run_variants(f"Fashion-MNIST, CNN, high heterogeneity, Dirichlet 0.6, {args.budget:g} virtual s",
+                 {v: variants[v] for v in args.variants}, [*fashion_base(args.budget), *args.overrides],
+                 args.seeds, args.target, Console())
 
 
 def run_variants(title: str, variants: dict[str, list[str]], base: list[str], seeds: list[int],

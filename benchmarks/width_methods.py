@@ -6,11 +6,7 @@ real Fashion-MNIST, the CNN, 10 clients, `high` heterogeneity, Dirichlet α = 0.
 
 from __future__ import annotations
 
-import argparse
-
-from rich.console import Console
-
-from benchmarks.common import fashion_base, run_variants
+from benchmarks.common import fashion_main
 
 VARIANTS = {
     "fedgmr": ["algorithm.name=fedgmr"],
@@ -23,16 +19,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=3000.0, help="virtual seconds per run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--target", type=float, default=0.75, help="accuracy target for time-to-accuracy")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
-    args = parser.parse_args()
-    run_variants(f"Fashion-MNIST, CNN, high heterogeneity, Dirichlet 0.6, {args.budget:g} virtual s",
-                 {v: VARIANTS[v] for v in args.variants}, [*fashion_base(args.budget), *args.overrides],
-                 args.seeds, args.target, Console())
+    fashion_main(__doc__.splitlines()[0], VARIANTS)
 
 
 if __name__ == "__main__":

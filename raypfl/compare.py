@@ -128,10 +128,16 @@ def _mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.2f}") -> s
     return mean if len(values) == 1 else f"{mean} ± {fmt.format(scale * statistics.stdev(values))}"
 
 
-def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+def group_runs(runs: list[RunData]) -> dict[tuple[str, str, str], list[RunData]]:
+    """Runs that differ only in their seed, by (method, dataset, heterogeneity)."""
     groups: dict[tuple[str, str, str], list[RunData]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
+    return groups
+
+
+def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+    groups = group_runs(runs)
     targets = sorted({t for run in runs for t in run.targets})
     rows = []
     for (method, dataset, heterogeneity), members in sorted(groups.items()):
@@ -184,9 +190,7 @@ def plot_comparison(runs: list[RunData], output: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, str, str], list[RunData]] = {}
-    for run in runs:
-        groups.setdefault(run.group, []).append(run)
+    groups = group_runs(runs)
     several = len({g[1:] for g in groups}) > 1
     paths = []
     for key, ylabel, name in (("accuracy", "test accuracy", "compare_accuracy.png"),
