@@ -9,9 +9,12 @@
 #
 # Change with environment variables: CPUS_PER_NODE (1), GPUS_PER_NODE (2, logical), RAY_PORT (6390),
 # RAY_DASHBOARD_PORT (8265), AGENT_PORT (52400: node k's dashboard agent listens on AGENT_PORT + k, so the
-# nodes of this cluster and any other Ray instance on the machine do not fight over 52365), RAY_CLUSTER_DIR (/tmp/raypfl-cluster: Ray's temp dir for this cluster; keep it
-# short, Unix socket paths are limited), RAY_AUTH_MODE (disabled; use `token` on shared machines, and the same
-# value in every shell that talks to the cluster).
+# nodes of this cluster and any other Ray instance on the machine do not fight over 52365), RAY_CLUSTER_DIR
+# (/tmp/raypfl-cluster: the head's temp dir, worker node k uses RAY_CLUSTER_DIR-wk; keep it short, Unix socket
+# paths are limited), RAY_AUTH_MODE (disabled; use `token` on shared machines, and the same value in every shell
+# that talks to the cluster).
+# Each node has its own temp dir, as on real machines: a node unpacking a job's working directory into a temp
+# dir it shared with the head would delete the driver's copy under it.
 set -euo pipefail
 
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED=0
@@ -31,7 +34,7 @@ case "${1:-}" in
       --disable-usage-stats >/dev/null
     for i in $(seq 1 "$workers"); do
       ray start --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 --num-cpus="$cpus" --num-gpus="$gpus" \
-        --dashboard-agent-listen-port="$((agent_port + i))" --resources="{\"pool_$i\": 1}" --temp-dir="$dir" \
+        --dashboard-agent-listen-port="$((agent_port + i))" --resources="{\"pool_$i\": 1}" --temp-dir="$dir-w$i" \
         --disable-usage-stats >/dev/null
     done
     echo "Ray cluster up: head + $workers worker node(s) at 127.0.0.1:$port"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from raypfl.errors import UserError
+from raypfl.errors import RunFailed, Terminated, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_experiment(resume=args.resume, console=console)
         return 0
     cfg = load_config(args.config, args.overrides)
-    if args.config is None:
+    if args.config is None and not args.overrides:
         console.print(f"no CONFIG given: running the built-in demo ({cfg.data.dataset}, "
                       f"{cfg.clients.num_clients} clients, {cfg.algorithm.name}, {cfg.clients.heterogeneity} "
                       "heterogeneity)")
@@ -166,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    except RunFailed as exc:
+        print(f"error: run failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a failure during the run: exit 1, traceback only on request
         if os.environ.get("RAYPFL_DEBUG"):
             traceback.print_exc()

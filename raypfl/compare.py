@@ -71,6 +71,9 @@ def load_mlflow_runs(uri: str, experiment: str, sweep: str | None = None) -> tup
     also returns the parent run id when a sweep was asked for."""
     from mlflow.tracking import MlflowClient
 
+    from raypfl.tracking import quiet_mlflow
+
+    quiet_mlflow()
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)

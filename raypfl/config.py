@@ -38,7 +38,7 @@ Positive = Annotated[float, Field(gt=0.0)]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, no silent coercion (`true` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class ExperimentConfig(Section):
@@ -98,6 +98,8 @@ class ComputeConfig(Section):
 
 class ClientsConfig(Section):
     num_clients: int = Field(10, ge=1, le=100_000)
+    # clients training at a time: sampled per round (synchronous) or kept in flight (asynchronous); null = all
+    concurrency: int | None = Field(None, ge=1)
     heterogeneity: Literal["high", "medium", "low"] | list[ClientClassConfig] = "high"
     # class name → custom Ray resource (a node pool): that class's client actors only run on nodes offering it
     placement: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
@@ -112,6 +114,13 @@ class ClientsConfig(Section):
         for name in self.placement:
             if name not in names:
                 raise ValueError(f"clients.placement names class '{name}', but the classes are {', '.join(names)}")
+        return self
+
+    @model_validator(mode="after")
+    def _concurrency_within_population(self) -> ClientsConfig:
+        if self.concurrency is not None and self.concurrency > self.num_clients:
+            raise ValueError(f"clients.concurrency ({self.concurrency}) exceeds clients.num_clients "
+                             f"({self.num_clients})")
         return self
 
     @model_validator(mode="after")
@@ -256,6 +265,7 @@ class BudgetConfig(Section):
     virtual_time_s: Positive = 1200.0
     max_rounds: int | None = Field(None, ge=1)
     eval_every: int = Field(10, ge=1)
+    eval_at_start: bool = True  # also evaluate the initial model (round 0)
     eval_samples: int | None = Field(None, ge=1)
     target_accuracies: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [0.8, 0.9]
 
@@ -267,7 +277,9 @@ class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = Field(1, ge=1)
     logical_gpus: int = Field(4, ge=0)
-    checkpoint_every: int = Field(5, ge=0)  # evaluations between checkpoints; 0: never
+    checkpoint_every: int = Field(5, ge=0)  # evaluations between checkpoints on disk; 0: never
+    queue_depth: int = Field(2, ge=1)  # training jobs queued at a client actor at a time
+    max_restarts: int = Field(5, ge=0)  # restarts of a client actor (and aggregator rebuilds) before a run stops
 
 
 class TrackingConfig(Section):
@@ -324,6 +336,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not text (a YAML file is expected)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or type(exc).__name__}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

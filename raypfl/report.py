@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.table import Table
 
 
@@ -25,23 +26,35 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    """One row per evaluation; the per-client densities become columns density_0 … density_{N-1}."""
+def class_densities(record: dict[str, Any], class_index: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """The mean client density of each heterogeneity class at one evaluation."""
+    densities = np.asarray(record["densities"], dtype=np.float64)
+    sums = np.bincount(class_index, weights=densities, minlength=len(class_names))
+    counts = np.bincount(class_index, minlength=len(class_names))
+    return {name: float(sums[k] / counts[k]) for k, name in enumerate(class_names) if counts[k]}
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]], class_index: np.ndarray,
+                      class_names: list[str]) -> None:
+    """One row per evaluation; the mean density of each heterogeneity class is a column `density_<class>`
+    (a column per class, not per client, so that a population of thousands stays readable)."""
     if not history:
         path.write_text("")
         return
     scalar_keys = [k for k in history[0] if k != "densities"]
-    n = len(history[0]["densities"])
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(scalar_keys + [f"density_{i}" for i in range(n)])
+        writer.writerow(scalar_keys + [f"density_{name}" for name in class_names])
         for record in history:
-            writer.writerow([record[k] for k in scalar_keys] + [f"{d:g}" for d in record["densities"]])
+            per_class = class_densities(record, class_index, class_names)
+            writer.writerow([record[k] for k in scalar_keys] + [f"{per_class[n]:g}" for n in class_names])
 
 
 def plot_curves(path: Path, history: list[dict[str, Any]], title: str,
-                changes: list[dict[str, Any]] | None = None) -> None:
-    """Accuracy and client density against virtual time; restoration steps of the density floor are marked."""
+                changes: list[dict[str, Any]] | None = None,
+                classes: tuple[np.ndarray, list[str]] | None = None) -> None:
+    """Accuracy and client density (mean, min and, given `classes` = (class index per client, class names), each
+    class's mean) against virtual time; restoration steps of the density floor are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +69,10 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str,
     ax_acc.set_title(title)
     ax_den.plot(t, [r["mean_density"] for r in history], color="tab:green", label="mean")
     ax_den.plot(t, [r["min_density"] for r in history], color="tab:orange", linestyle="--", label="min")
+    if classes is not None and len(classes[1]) > 1:
+        per_class = [class_densities(r, *classes) for r in history]
+        for name in classes[1]:
+            ax_den.plot(t, [c[name] for c in per_class], linewidth=0.8, alpha=0.7, label=f"class {name}")
     steps = [c for c in changes or [] if c["client"] < 0]
     for k, change in enumerate(steps):
         for ax in (ax_acc, ax_den):
@@ -64,7 +81,7 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str,
     ax_den.set_ylim(0, 1.05)
     ax_den.set_ylabel("client density")
     ax_den.set_xlabel("virtual time (s)")
-    ax_den.legend(loc="lower right")
+    ax_den.legend(loc="lower right", fontsize=7, ncol=2)
     ax_den.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -5,6 +5,7 @@ Only the driver talks to MLflow, through `MlflowClient` with an explicit run id 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,13 @@ from raypfl.errors import UserError
 DEFAULT_URI = "sqlite:///mlflow.db"
 EVAL_METRICS = ("accuracy", "loss", "virtual_time_s", "mean_density", "min_density", "bytes_up", "bytes_down",
                 "staleness_mean", "buffer_size", "wall_time_s")
+
+
+def quiet_mlflow() -> None:
+    """MLflow's own messages (database set-up, migrations) stay off the console; warnings still show."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -39,8 +47,10 @@ class RunTracker:
 
     def __init__(self, cfg: Config, run_name: str, run_id: str | None = None,
                  parent_run_id: str | None = None) -> None:
+        quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
+        quiet_mlflow()  # once more: importing mlflow configures its logger
         self.uri = tracking_uri(cfg)
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment_id = self.experiment_id(self.client, cfg)

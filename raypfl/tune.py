@@ -373,8 +373,9 @@ class _ParentRun:
     def __init__(self, sweep: Sweep, resume: bool) -> None:
         from mlflow.tracking import MlflowClient
 
-        from raypfl.tracking import RunTracker
+        from raypfl.tracking import RunTracker, quiet_mlflow
 
+        quiet_mlflow()
         self.client = MlflowClient(tracking_uri=tracking_uri(sweep.config))
         marker = sweep.dir / "mlflow_parent_run_id"
         if resume and marker.is_file():

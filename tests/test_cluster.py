@@ -32,7 +32,8 @@ def cluster() -> Iterator[dict[str, str]]:
         yield env
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        for path in (folder, f"{folder}-w1"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from raypfl.config import Config, load_config
 from raypfl.fl.server import Server
 from raypfl.runtime.checkpoint import save_checkpoint
 from raypfl.runtime.driver import prepare, run_experiment
-from raypfl.runtime.training import ClientTrainer, InProcessTrainer, TestEvaluator
+from raypfl.runtime.training import ClientTrainer, InProcessTrainer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -56,7 +56,8 @@ def test_preset_runs_end_to_end_with_contract_outputs(algorithm: str, tmp_path: 
         assert key in record, key
     assert {c["id"] for c in saved["clients"]} == set(range(6))
     rows = list(csv.DictReader((run_dir / "history.csv").open()))
-    assert len(rows) == len(saved["history"]) and "density_5" in rows[0]
+    assert len(rows) == len(saved["history"]) and "density_d0.05" in rows[0]  # a column per class
+    assert saved["participation"]["d0.05"]["clients"] == 3 and saved["faults"] == []
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     runs = mlflow.search_runs(experiment_names=["raypfl"], filter_string=f"tags.algorithm = '{algorithm}'",
@@ -113,15 +114,17 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -
     torch.set_num_threads(1)
     exp = prepare(cfg)
     trainer = InProcessTrainer(ClientTrainer(exp.spec, exp.dataset.x_train, exp.dataset.y_train, exp.parts,
-                                             cfg.training, cfg.experiment.seed))
-    evaluator = TestEvaluator(exp.spec, exp.dataset.x_test, exp.dataset.y_test, 1000, cfg.training.loss)
-    server = Server(cfg, exp.classes, exp.weights, exp.sizes, exp.facts, trainer, evaluator)
+                                             cfg.training, cfg.experiment.seed, x_test=exp.dataset.x_test,
+                                             y_test=exp.dataset.y_test))
+    server = Server(cfg, exp.classes, exp.weights, exp.sizes, exp.facts, trainer)
     for _ in range(3):
         server.run_until_eval()
     run_dir = tmp_path / "interrupted"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text((tmp_path / "whole" / "config.yaml").read_text())
-    save_checkpoint(run_dir / "checkpoints" / "latest.pt", server.snapshot())
+    snap = server.snapshot()
+    snap["versions"] = {str(v): trainer.versions[v] for v in snap.pop("held_versions")}
+    save_checkpoint(run_dir / "checkpoints" / "latest.pt", snap)
     torch.set_num_threads(threads)
 
     resumed = run_experiment(resume=run_dir, console=Console(quiet=True))["history"]

@@ -90,9 +90,10 @@ def test_placement_pins_a_class_to_its_node_pool_and_refuses_shared_actors() -> 
     from raypfl.sim.heterogeneity import PIN_SHARE
 
     cfg = load_config(overrides=["clients.placement={d1: pool_gpu, d0.05: pool_cpu}"])
-    options, client_worker = worker_options(cfg, 5)
+    options, eligible = worker_options(cfg, 5)
     assert [bundle(o) for o in options] == [{"GPU": 0.5, "pool_gpu": PIN_SHARE}, {"GPU": 0.25}, {"GPU": 0.1},
                                             {"GPU": 0.1}, {"GPU": 0.1, "pool_cpu": PIN_SHARE}]
-    assert client_worker == [0, 1, 2, 3, 4, 4, 4, 4, 4, 4]
+    # a class's clients train on every actor whose request covers the class's: pinned classes on their pool only
+    assert eligible == [[0], [0, 1], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [4]]
     with pytest.raises(UserError, match="set runtime.num_workers to at least 5"):
         worker_options(cfg, 2)  # d1 and d0.5 would share an actor, but d1 is pinned

@@ -16,15 +16,28 @@ STRONG = {"name": "strong", "density": 1.0, "count": 1, "download_mbps": 20, "up
 WEAK = {"name": "weak", "density": 0.05, "count": 1, "download_mbps": 1, "upload_mbps": 0.25}
 
 
-class FakeTrainer:
-    """Each job returns its model + 1 with 10 samples; remembers what was submitted."""
+def evaluate(weights: Weights, limit: int | None = None) -> tuple[float, float]:
+    return float(weights["w"][0]) / 1000.0, 0.0
 
-    def __init__(self) -> None:
+
+class FakeTrainer:
+    """Each job returns its model + 1 with 10 samples; remembers what was submitted and which versions it holds."""
+
+    def __init__(self, evaluator: Any = evaluate) -> None:
+        self.evaluator = evaluator
+        self.versions: dict[int, Weights] = {}
         self.pending: dict[int, TrainJob] = {}
         self.submitted: list[tuple[int, int, int]] = []
 
+    def publish(self, version: int, weights: Weights) -> None:
+        self.versions[version] = weights
+
+    def release(self, version: int) -> None:
+        del self.versions[version]
+
     def submit(self, jobs: list[TrainJob]) -> None:
         for job in jobs:
+            assert job.version in self.versions
             self.pending[job.client] = job
             self.submitted.append((job.client, job.version, job.cycle))
 
@@ -35,12 +48,12 @@ class FakeTrainer:
         out = {}
         for c in clients:
             job = self.pending.pop(c)
-            out[c] = TrainResult(c, job.version, job.cycle, {"w": job.weights["w"] + 1.0}, 10, 0.1)
+            out[c] = TrainResult(c, job.version, job.cycle, {"w": self.versions[job.version]["w"] + 1.0}, 10, 0.1,
+                                 mask=job.mask)
         return out
 
-
-def evaluate(weights: Weights, limit: int | None = None) -> tuple[float, float]:
-    return float(weights["w"][0]) / 1000.0, 0.0
+    def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
+        return self.evaluator(self.versions[version], limit)
 
 
 def make_config(classes: list[dict[str, Any]], algorithm: dict[str, Any], budget_s: float,
@@ -57,7 +70,7 @@ def make_config(classes: list[dict[str, Any]], algorithm: dict[str, Any], budget
 def make_server(cfg: Config, trainer: FakeTrainer | None = None) -> Server:
     sizes = SizeModel("parity", prunable_params=3, other_params=0, model_size_mb=37.2)
     return Server(cfg, client_profiles(cfg.clients), {"w": np.zeros(3, dtype=np.float32)}, sizes,
-                  ModelFacts([], {}, 0.0), trainer or FakeTrainer(), evaluate)
+                  ModelFacts([], {}, 0.0), trainer or FakeTrainer())
 
 
 def run_all(server: Server) -> list[dict[str, Any]]:
@@ -150,6 +163,8 @@ def test_snapshot_restore_continues_identically() -> None:
     part = [first.run_until_eval().as_dict() for _ in range(4)]
     snap = first.snapshot()
     second = make_server(cfg)
+    for version in snap["held_versions"]:  # the aggregator hands the new trainer the versions it needs
+        second.trainer.publish(version, first.trainer.versions[version])
     second.restore(snap)
     rest = []
     while not second.done:
@@ -171,7 +186,7 @@ def pruned_server(ims: bool, recovery: dict[str, Any] | None = None, evaluator: 
     sizes = SizeModel("parity", prunable_params=40, other_params=0, model_size_mb=37.2)
     weights = {"w": np.linspace(-1, 1, 40).astype(np.float32)}
     return Server(cfg, client_profiles(cfg.clients), weights, sizes, ModelFacts(["w"], {"w": 2.0}, 0.0),
-                  FakeTrainer(), evaluator)
+                  FakeTrainer(evaluator))
 
 
 @pytest.mark.parametrize(("ims", "full_models"), [(True, 1.0), (False, 1.85)])

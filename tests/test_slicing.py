@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from raypfl.config import TrainingConfig, WidthConfig
-from raypfl.fl.aggregation import ClientUpdate, aggregate
+from raypfl.fl.aggregation import ClientUpdate, aggregate, expand
 from raypfl.fl.distribution import WidthSizeModel
 from raypfl.fl.jobs import TrainJob
 from raypfl.fl.slicing import (
@@ -182,9 +182,11 @@ def test_sliced_training_writes_only_inside_its_window_and_trains_a_narrow_netwo
     plan = width_plan(spec.build())
     mask = plan.mask(0.25, offset=3)
     for widths in ((), (0.05, 0.1, 0.2)):  # HeteroFL / FedRolex, then FjORD's ordered dropout
-        result = trainer.train(TrainJob(0, 0, 0, weights, mask, 0.1, 3, sliced=True, od_widths=widths))
+        result = trainer.train(TrainJob(0, 0, 0, mask, 0.1, 3, sliced=True, od_widths=widths), weights)
         assert result.mask is mask and result.n_samples == 30
+        full = expand(result.weights, mask, weights)  # the narrow tensors are the mask's held values, in C order
         for key, keep in mask.items():
-            assert (result.weights[key][~keep] == 0).all(), key
-        assert not np.allclose(result.weights["features.0.weight"][mask["features.0.weight"]],
+            assert result.weights[key].shape == (int(keep.sum()),), key
+            assert (full[key][~keep] == 0).all(), key
+        assert not np.allclose(full["features.0.weight"][mask["features.0.weight"]],
                                weights["features.0.weight"][mask["features.0.weight"]])

@@ -7,18 +7,25 @@ Per floating-point key, with m_i the client's explicit mask (all ones where abse
 * ``fa``     zero-filled FedAvg: W = Σ λ_i m_i w_i / Σ λ_i (pruned entries count as 0).
 * ``ga``     update averaging: W = W_old + η Σ λ_i m_i (w_i − W_old) / Σ λ_i, η = server_lr.
 
-Non-float tensors (e.g. BatchNorm's ``num_batches_tracked``) keep their old value. Sums run in float64 in
-client-id order, so the result does not depend on the order the updates were passed in.
+A masked tensor of an update may come dense (its shape; entries outside the mask are never read) or compact:
+the held values only, in the mask's C order (`compact`), so an upload costs memory ∝ its density.
+
+Sums run in float32 in client-id order (torch, in place), so the result does not depend on the order the
+updates were passed in, nor on how many threads run the element-wise operations. Non-float tensors (e.g.
+BatchNorm's ``num_batches_tracked``) keep their old value.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+import torch
 
 from raypfl.fl.jobs import Mask, Weights
 
@@ -31,6 +38,50 @@ class ClientUpdate:
     weights: Weights
     mask: Mask | None  # None, or a key absent from it: the client holds the whole tensor
     weight: float  # λ_i = staleness coefficient × n_samples, > 0
+
+
+def compact(weights: Weights, mask: Mask | None) -> Weights:
+    """The held values of every masked tensor (1-D, in the mask's C order); other tensors unchanged."""
+    mask = mask or {}
+    return {k: w[mask[k]] if k in mask and w.shape == mask[k].shape else w for k, w in weights.items()}
+
+
+def expand(weights: Weights, mask: Mask | None, like: Weights) -> Weights:
+    """Dense tensors shaped like `like`, zero outside the mask (the inverse of `compact`)."""
+    out = {}
+    for key, ref in like.items():
+        w = weights[key]
+        if mask is not None and key in mask and w.shape != ref.shape:
+            dense = np.zeros_like(ref)
+            dense[mask[key]] = w
+            out[key] = dense
+        else:
+            out[key] = np.asarray(w)
+    return out
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a numpy array (no copy); arrays from Ray's object store are read-only, and stay unwritten."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array))
+
+
+_INDEX_CACHE: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+
+
+def flat_index(held: np.ndarray) -> torch.Tensor:
+    """The flat positions a bool mask holds; cached, since a mask object serves many updates."""
+    key = id(held)
+    hit = _INDEX_CACHE.get(key)
+    if hit is not None and hit[0] is held:
+        _INDEX_CACHE.move_to_end(key)
+        return hit[1]
+    index = torch.from_numpy(np.flatnonzero(held))
+    _INDEX_CACHE[key] = (held, index)  # the array is kept, so its id cannot be reused while cached
+    if len(_INDEX_CACHE) > 64:
+        _INDEX_CACHE.popitem(last=False)
+    return index
 
 
 def _check_mask(weights: Weights, mask: Mask | None, who: str) -> None:
@@ -55,10 +106,44 @@ def _validate(old: Weights, updates: Sequence[ClientUpdate]) -> None:
         if u.weights.keys() != old.keys():
             diff = sorted(u.weights.keys() ^ old.keys())
             raise ValueError(f"{who}: state-dict keys differ from the global model's: {diff}")
-        for key, w in u.weights.items():
-            if w.shape != old[key].shape:
-                raise ValueError(f"{who}: {key!r} has shape {w.shape}, expected {old[key].shape}")
         _check_mask(old, u.mask, who)
+        for key, w in u.weights.items():
+            if w.shape == old[key].shape:
+                continue
+            m = (u.mask or {}).get(key)
+            held = None if m is None else len(flat_index(m))
+            if w.shape != (held,):
+                raise ValueError(f"{who}: {key!r} has shape {w.shape}, expected {old[key].shape}"
+                                 + (f" or the {held} held values" if held is not None else ""))
+
+
+class _Sums:
+    """Σ λ m w (or Σ λ m (w − W_old) for `ga`) and Σ λ m of one tensor, accumulated in place."""
+
+    def __init__(self, base: torch.Tensor, deltas: bool) -> None:
+        self.base = base
+        self.deltas = deltas
+        self.num = torch.zeros_like(base)
+        self.den: torch.Tensor | None = None  # per element, once some update holds only part of the tensor
+        self.den_all = 0.0  # the part of Σ λ m that every element shares
+
+    def add(self, weight: float, values: torch.Tensor, held: np.ndarray | None) -> None:
+        if held is None:
+            self.num.add_(values - self.base if self.deltas else values, alpha=weight)
+            self.den_all += weight
+            return
+        flat = flat_index(held)
+        if values.shape == self.base.shape:
+            values = values.reshape(-1)[flat]
+        if self.deltas:
+            values = values - self.base.reshape(-1)[flat]
+        self.num.view(-1).index_add_(0, flat, values, alpha=weight)
+        if self.den is None:
+            self.den = torch.zeros_like(self.base)
+        self.den.view(-1).index_add_(0, flat, torch.full((len(flat),), weight, dtype=self.base.dtype))
+
+    def denominator(self) -> torch.Tensor:
+        return self.den + self.den_all if self.den is not None else torch.full_like(self.base, self.den_all)
 
 
 def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix: float = 1.0,
@@ -79,22 +164,21 @@ def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix:
         if not np.issubdtype(w_old.dtype, np.floating):
             new[key] = w_old.copy()
             continue
-        base = w_old.astype(np.float64)
-        num = np.zeros_like(base)  # Σ λ_i m_i w_i
-        den = np.zeros_like(base)  # Σ λ_i m_i
+        base = as_tensor(np.asarray(w_old, dtype=np.float32))
+        sums = _Sums(base, deltas=rule == "ga")
         for u in ordered:
-            held = (u.mask or {}).get(key, True)
-            num += np.where(held, u.weight * u.weights[key].astype(np.float64), 0.0)
-            den += np.where(held, u.weight, 0.0)
+            sums.add(u.weight, as_tensor(np.asarray(u.weights[key], dtype=np.float32)),
+                     (u.mask or {}).get(key))
         if rule == "fa":
-            out = num / total
+            out = sums.num / total
         elif rule == "ga":
-            out = base + server_lr * (num - den * base) / total
+            out = base + sums.num * (server_lr / total)
         else:
-            out = np.divide(num, den, out=base.copy(), where=den > 0)
+            den = sums.denominator()
+            out = torch.where(den > 0, sums.num / den.clamp_min(torch.finfo(den.dtype).tiny), base)
             if rule == "ma_mix":
                 out = mix * out + (1.0 - mix) * base
-        new[key] = out.astype(w_old.dtype)
+        new[key] = out.numpy().astype(w_old.dtype, copy=False)
     return new
 
 

@@ -1,4 +1,8 @@
-"""What the server sends a client to train, and what comes back. Weights are numpy state dicts."""
+"""What the server asks a client to train, and what comes back. Weights are numpy state dicts.
+
+A job names the model version it trains (the aggregation round that produced it) instead of carrying it: a
+trainer holds every version once, however many jobs train on it (design principle 7).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 
 Weights = dict[str, np.ndarray]
 Mask = dict[str, np.ndarray]
+MaskKey = tuple[int, float]  # (mask generation, density): jobs with the same key share one mask
 
 
 @dataclass(frozen=True)
@@ -16,17 +21,21 @@ class TrainJob:
     client: int
     version: int  # aggregation round of the model the client trains on
     cycle: int  # the client's local-round counter: with the seed it fixes the data order of this round
-    weights: Weights
     mask: Mask | None
     lr: float
     local_steps: int
     want_grads: bool = False  # also return squared gradients (PR-FL's importance)
     sliced: bool = False  # the mask is width-structured: train the extracted narrow network (spec F)
     od_widths: tuple[float, ...] = ()  # FjORD's ordered dropout: the width p of each local step, cycled
+    mask_key: MaskKey | None = None
+    score_samples: int | None = None  # also score the trained model on this many test samples (GMR's client trigger)
+    due: float = 0.0  # virtual time its result is needed from: trainers run the earliest-due jobs first
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """`weights`: a masked tensor holds only the values inside the mask, in its C order (`compact`)."""
+
     client: int
     version: int
     cycle: int
@@ -34,11 +43,18 @@ class TrainResult:
     n_samples: int
     loss: float
     mask: Mask | None = None  # the mask it trained under: explicit, never inferred from zeros (spec H.4)
-    grads: dict[str, np.ndarray] | None = None
+    grads: dict[str, np.ndarray] | None = None  # compact like `weights`
+    score: float | None = None  # test accuracy of the trained model when the job asked for it
 
 
 class Trainer(Protocol):
-    """Runs training jobs somewhere (in-process, or on Ray actors) and hands back their results."""
+    """Runs training jobs and evaluations somewhere (in-process, or on Ray actors) and holds model versions."""
+
+    def publish(self, version: int, weights: Weights) -> None:
+        """Make a model version available to jobs and evaluations."""
+
+    def release(self, version: int) -> None:
+        """The server needs the version no more (jobs already given it keep it until they are collected)."""
 
     def submit(self, jobs: list[TrainJob]) -> None: ...
 
@@ -46,8 +62,5 @@ class Trainer(Protocol):
 
     def collect(self, clients: list[int]) -> dict[int, TrainResult]: ...
 
-
-class Evaluator(Protocol):
-    def __call__(self, weights: Weights, limit: int | None = None) -> tuple[float, float]:
-        """(accuracy, mean loss) of a model on the test set (its first `limit` samples when given)."""
-        ...
+    def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
+        """(accuracy, mean loss) of a published version on the test set (its first `limit` samples)."""

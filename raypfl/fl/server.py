@@ -2,13 +2,17 @@
 
 A client cycle is download → local training → upload. Uploads share the server's ingress first-come-first-
 served; an arrival joins the buffer, and the trigger decides when the buffer is aggregated. After the server's
-processing time, the clients whose updates were aggregated download the new model and start again. At every
-evaluation the server may restore client densities (GMR) and rebuilds the nested sub-model masks.
+processing time, the aggregated clients' slots are dispatched again: to the same clients when everyone takes
+part, else to clients drawn from the population (`clients.concurrency`). At every evaluation the server may
+restore client densities (GMR) and rebuilds the nested sub-model masks.
 
 Determinism (design principle 2): every duration is known when a client is dispatched (sizes, noise and
 compute time depend on the config, the seed and counters, never on training results or wall time), so the
 order of events is fixed before any training finishes. Training results are only needed when the buffer is
 flushed, and then they are fetched by client id. Training jobs may therefore run in parallel anywhere.
+
+Scale (design principle 7): per-client state is a few numbers, the clients in flight are tracked as a set, and
+an upload is kept only until it is aggregated (or, for the cache scope, as its held values only).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from raypfl.config import Config
-from raypfl.fl.aggregation import ClientUpdate, aggregate
+from raypfl.fl.aggregation import ClientUpdate, aggregate, expand
 from raypfl.fl.distribution import Sizes, plan_broadcast
-from raypfl.fl.jobs import Evaluator, Mask, Trainer, TrainJob, TrainResult, Weights
+from raypfl.fl.jobs import Mask, Trainer, TrainJob, TrainResult, Weights
 from raypfl.fl.masks import pack_mask, unpack_mask
+from raypfl.fl.participation import Participation
 from raypfl.fl.recovery import DensityChange, RecoveryScheduler, balance_densities
 from raypfl.fl.staleness import Staleness, StalenessLedger
 from raypfl.fl.submodels import ModelFacts, make_submodels
@@ -35,29 +40,33 @@ from raypfl.sim.heterogeneity import BandwidthNoise, ClientClass, compute_second
 # every arrival at the flush time is still admitted (spec H.9: admit iff R_i ≤ T_agg).
 _UPLOAD, _BROADCAST, _FLUSH = 0, 1, 2
 _CYCLE_HISTORY = 5  # cycle durations kept per client for PR-FL's density balancing
+IN_FLIGHT = ("training", "uploading")
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientState:
     version: int = 0
     cycle: int = 0
-    status: str = "training"  # training | uploading | buffered | idle (aggregated, awaiting the broadcast)
+    # idle (not taking part) | training | uploading | buffered | waiting (aggregated, awaiting the broadcast)
+    status: str = "idle"
     density: float = 1.0
     job_density: float = 1.0  # the density of the sub-model it is training now
     mask_generation: int = 0
     dispatched_at: float = 0.0
+    due: float = 0.0  # when its upload starts: the virtual time its training result is needed from
     cycle_times: list[float] = field(default_factory=list)
     upload_mb: float = 0.0
     upload_rate: float = 0.0
     updates: int = 0
     missed_total: int = 0
-    fresh: bool = False  # uploaded since its last client evaluation
+    scoring: bool = False  # its current job also scores the trained model (GMR's client trigger)
+    score: float | None = None  # the latest such score not yet given to the recovery schedule
 
 
 @dataclass
 class CachedUpdate:
     version: int
-    weights: Weights
+    weights: Weights  # compact: masked tensors hold their held values only
     mask: Mask | None
     n_samples: int
 
@@ -94,16 +103,17 @@ class _Window:
 @dataclass
 class ServerState:
     weights: Weights
-    models: dict[int, Weights] = field(default_factory=dict)  # versions that clients still train on
-    cache: dict[int, CachedUpdate] = field(default_factory=dict)  # latest upload per client
+    cache: dict[int, CachedUpdate] = field(default_factory=dict)  # latest upload per client (cache scope)
     best: tuple[float, Weights, dict[int, CachedUpdate]] | None = None  # for PR-FL's rollback
     round: int = 0
     now: float = 0.0
     clients: list[ClientState] = field(default_factory=list)
+    busy: set[int] = field(default_factory=set)  # every client not idle
+    in_flight: set[int] = field(default_factory=set)  # training or uploading
     buffer: list[int] = field(default_factory=list)
     flush_pending: bool = False
     last_flush: float = 0.0
-    broadcasts: dict[int, list[int]] = field(default_factory=dict)
+    broadcasts: dict[int, list[int]] = field(default_factory=dict)  # pending broadcast → the slots it fills
     bytes_up: int = 0
     bytes_down: int = 0
     updates: int = 0
@@ -116,7 +126,7 @@ class Server:
     """Owns the global model, the virtual clock, the buffer, the masks and the recovery schedule."""
 
     def __init__(self, cfg: Config, classes: list[ClientClass], weights: Weights, sizes: Sizes,
-                 facts: ModelFacts, trainer: Trainer, evaluator: Evaluator) -> None:
+                 facts: ModelFacts, trainer: Trainer) -> None:
         if len(classes) != cfg.clients.num_clients:
             raise ValueError("one class per client is needed")
         self.cfg = cfg
@@ -125,13 +135,15 @@ class Server:
         self.sizes = sizes
         self.facts = facts
         self.trainer = trainer
-        self.evaluator = evaluator
         self.trigger = make_trigger(self.alg)
         s = self.alg.staleness
         self.staleness = Staleness(s.kind, s.a, s.b)
         net = cfg.network
         self.noise = BandwidthNoise(cfg.experiment.seed, net.client_noise_sigma, net.server_noise_sigma,
                                     net.noise_draws)
+        always = self.alg.reference_clients if self.alg.trigger == "reference_window" else ()
+        self.participation = Participation(cfg.clients.num_clients, cfg.clients.concurrency, cfg.experiment.seed,
+                                           always)
         initial = [k.density if self.alg.sub_models else 1.0 for k in classes]
         self.state = ServerState(weights=weights, clients=[ClientState(density=d, job_density=d) for d in initial])
         self.queue = EventQueue()
@@ -140,6 +152,7 @@ class Server:
         self.submodels = make_submodels(self.alg.pruning, self.alg.width, facts, cfg.training.local_steps)
         self.recovery = RecoveryScheduler(self.alg.recovery, initial, cfg.budget.virtual_time_s)
         self.history: list[EvalRecord] = []
+        self._published: set[int] = set()
         self._wall0 = time.monotonic()
         self._wall_offset = 0.0
         self._t0 = 0.0
@@ -155,11 +168,14 @@ class Server:
         if not self._started:
             self._started = True
             self._wall0, self._t0 = time.monotonic(), self.state.now
-            if not self.history:
+            if not self.history and self.state.round == 0 and not self.state.busy:
+                self._publish(0, self.state.weights)
                 self._rebuild_masks()
-                self._broadcast(0.0, list(range(len(self.state.clients))))
-                return self._evaluate()
-            self._resubmit_in_flight()
+                self._dispatch(0.0, self.participation.initial())
+                if self.cfg.budget.eval_at_start:
+                    return self._evaluate()
+            else:
+                self._republish()
         while True:
             record = self._step()
             if record is not None:
@@ -170,7 +186,12 @@ class Server:
         return self.state.done
 
     def in_flight(self) -> int:
-        return sum(cs.status in ("training", "uploading") for cs in self.state.clients)
+        return len(self.state.in_flight)
+
+    def held_versions(self) -> list[int]:
+        """The model versions the run still needs: the current one and those busy clients train on."""
+        st = self.state
+        return sorted({st.round, *(st.clients[c].version for c in st.busy if st.clients[c].status != "waiting")})
 
     def client_summary(self) -> list[dict[str, Any]]:
         """Per client: id, class, initial and final density, aggregated updates, mean staleness."""
@@ -179,6 +200,21 @@ class Server:
                  "final_density": cs.density, "updates": cs.updates,
                  "mean_staleness": cs.missed_total / cs.updates if cs.updates else None}
                 for i, cs in enumerate(self.state.clients)]
+
+    def participation_summary(self) -> dict[str, dict[str, Any]]:
+        """Per class: clients, clients that took part at least once, updates, mean updates, mean staleness."""
+        out: dict[str, dict[str, Any]] = {}
+        for klass, cs in zip(self.classes, self.state.clients, strict=True):
+            row = out.setdefault(klass.name, {"clients": 0, "participants": 0, "updates": 0, "missed": 0})
+            row["clients"] += 1
+            row["participants"] += cs.updates > 0
+            row["updates"] += cs.updates
+            row["missed"] += cs.missed_total
+        for row in out.values():
+            missed = row.pop("missed")
+            row["updates_per_client"] = row["updates"] / row["clients"]
+            row["mean_staleness"] = missed / row["updates"] if row["updates"] else None
+        return out
 
     @property
     def density_log(self) -> list[dict[str, Any]]:
@@ -210,15 +246,28 @@ class Server:
             self._start_upload(event.client)
             return None
         if event.kind == "broadcast":
-            self._broadcast(event.time, self.state.broadcasts.pop(event.client))
+            self._broadcast(event.client, self.state.broadcasts.pop(event.client))
             return None
         return self._flush()
 
-    def _broadcast(self, now: float, clients: list[int]) -> None:
+    def _broadcast(self, round_: int, released: list[int]) -> None:
+        """After aggregation `round_`, the slots of the aggregated clients are dispatched again."""
+        st = self.state
+        for c in released:
+            st.clients[c].status = "idle"
+            st.busy.discard(c)
+        if self.alg.trigger == "synchronous":
+            clients = self.participation.round_sample(round_)
+        else:
+            clients = self.participation.refill(round_, released, st.busy)
+        self._dispatch(st.now, clients)
+
+    def _dispatch(self, now: float, clients: list[int]) -> None:
         """Send sub-models to `clients` (as increments with IMS); each downloads, trains, then uploads."""
         st = self.state
+        if not clients:
+            return
         server_up = self.cfg.network.server_up_mbps * self.noise.server(st.round)[0]
-        st.models[st.round] = st.weights
         links = {c: self.noise.client(c, st.clients[c].cycle) for c in clients}
         plan = plan_broadcast(self.sizes, {c: st.clients[c].density for c in clients},
                               {c: self.classes[c].download_mbps * links[c][0] for c in clients}, server_up,
@@ -230,9 +279,12 @@ class Server:
             klass = self.classes[client]
             ready = now + plan.download_s[client] + compute_seconds(self.cfg.clients.compute, klass, cs.density,
                                                                       self.facts.flops_per_round)
-            cs.version, cs.status, cs.dispatched_at = st.round, "training", now
+            cs.version, cs.status, cs.dispatched_at, cs.due = st.round, "training", now, ready
             cs.job_density, cs.mask_generation = cs.density, self.submodels.current
             cs.upload_mb, cs.upload_rate = self.sizes.megabytes(cs.density), klass.upload_mbps * links[client][1]
+            cs.scoring = self._wants_client_scores and cs.score is None and not cs.scoring
+            st.busy.add(client)
+            st.in_flight.add(client)
             self.queue.push(ready, "upload", client, _UPLOAD)
             jobs.append(self._job(client))
         self.trainer.submit(jobs)
@@ -241,10 +293,13 @@ class Server:
         """The training job of a client's current cycle (its cycle counter moves on when it arrives)."""
         cs = self.state.clients[client]
         cycle = cs.cycle - 1 if cs.status == "buffered" else cs.cycle
-        return TrainJob(client=client, version=cs.version, cycle=cycle, weights=self.state.models[cs.version],
-                        mask=self.submodels.mask(cs.mask_generation, cs.job_density), lr=self.cfg.training.lr,
+        key = (cs.mask_generation, cs.job_density)
+        return TrainJob(client=client, version=cs.version, cycle=cycle,
+                        mask=self.submodels.mask(*key), lr=self.cfg.training.lr,
                         local_steps=self.cfg.training.local_steps, want_grads=self.submodels.wants_grads,
-                        sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(cs.job_density))
+                        sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(cs.job_density),
+                        mask_key=key if cs.job_density < 1.0 else None,
+                        score_samples=self.alg.recovery.client_eval_samples if cs.scoring else None, due=cs.due)
 
     def _start_upload(self, client: int) -> None:
         if self.cfg.runtime.mode == "realtime" and not self.trainer.ready(client):
@@ -264,11 +319,11 @@ class Server:
         cs.status = "buffered"
         cs.cycle += 1
         cs.cycle_times = [*cs.cycle_times, st.now - cs.dispatched_at][-_CYCLE_HISTORY:]
+        st.in_flight.discard(client)
         st.buffer.append(client)
         if st.flush_pending:
             return
-        in_flight = [i for i, c in enumerate(st.clients) if c.status in ("training", "uploading")]
-        when = self.trigger.flush_time(st.now, client, st.buffer, in_flight, st.last_flush)
+        when = self.trigger.flush_time(st.now, client, st.buffer, st.in_flight, st.last_flush)
         if when is not None:
             st.flush_pending = True
             self.queue.push(when, "flush", -1, _FLUSH)
@@ -279,11 +334,11 @@ class Server:
         results = self.trainer.collect(buffer)
         st.weights = self._aggregate([results[c] for c in buffer])
         st.round += 1
+        self._publish(st.round, st.weights)
         for c in buffer:
-            st.clients[c].status = "idle"
-        held = {cs.version for cs in st.clients if cs.status != "idle"}
-        st.models = {v: w for v, w in st.models.items() if v in held}
-        self.submodels.keep({cs.mask_generation for cs in st.clients if cs.status != "idle"})
+            st.clients[c].status = "waiting"
+        self._release_unheld()
+        self.submodels.keep({st.clients[c].mask_generation for c in st.busy})
         self.uplink.set_capacity(self.cfg.network.server_down_mbps * self.noise.server(st.round)[1])
         st.broadcasts[st.round] = buffer
         self.queue.push(st.now + self.alg.server_time_s, "broadcast", st.round, _BROADCAST)
@@ -294,6 +349,16 @@ class Server:
             return self._evaluate()
         return None
 
+    def _publish(self, version: int, weights: Weights) -> None:
+        self.trainer.publish(version, weights)
+        self._published.add(version)
+
+    def _release_unheld(self) -> None:
+        held = set(self.held_versions())
+        for version in sorted(self._published - held):
+            self.trainer.release(version)
+        self._published &= held
+
     def _aggregate(self, results: list[TrainResult]) -> Weights:
         """Staleness × samples weights; the window scope aggregates the arrivals, the cache scope (PR-FL) every
         client's latest upload with its staleness recomputed now (spec H.3)."""
@@ -303,43 +368,41 @@ class Server:
             cs = st.clients[r.client]
             cs.updates += 1
             cs.missed_total += missed
-            cs.fresh = True
             st.window.missed += missed
-            st.cache[r.client] = CachedUpdate(r.version, r.weights, r.mask, r.n_samples)
+            if cs.scoring:
+                cs.scoring, cs.score = False, r.score
             if r.grads is not None and self.submodels.grads is not None:
-                self.submodels.grads.add(r.grads)
+                self.submodels.grads.add(expand(r.grads, r.mask, {k: st.weights[k] for k in r.grads}))
         st.updates += len(results)
         st.window.updates += len(results)
         st.window.flushes += 1
-        scope = st.cache if self.alg.scope == "cache" else {r.client: st.cache[r.client] for r in results}
+        arrived = {r.client: CachedUpdate(r.version, r.weights, r.mask, r.n_samples) for r in results}
+        if self.alg.scope == "cache":
+            st.cache.update(arrived)
+        scope = st.cache if self.alg.scope == "cache" else arrived
         factors = {c: self.staleness(st.round - u.version) for c, u in scope.items()}
         for c, s in factors.items():
             self.ledger.record(c, s)
-        coeff = self.ledger.coefficients()
+        coeff = self.ledger.coefficients(scope)
         updates = [ClientUpdate(c, u.weights, u.mask, coeff[c] * u.n_samples) for c, u in sorted(scope.items())]
-        arrived = [r.client for r in results]
         if self.alg.mixing is None:
-            mix = min(1.0, sum(coeff[c] for c in arrived))
+            mix = min(1.0, sum(coeff[c] for c in sorted(arrived)))
         else:
             n = sum(scope[c].n_samples for c in arrived)
-            mix = self.alg.mixing * sum(factors[c] * scope[c].n_samples for c in arrived) / n
-        if not self._keeps_uploads:
-            st.cache = {}
+            mix = self.alg.mixing * sum(factors[c] * scope[c].n_samples for c in sorted(arrived)) / n
         return aggregate(self.alg.rule, st.weights, updates, mix=mix, server_lr=self.alg.server_lr)
 
     @property
-    def _keeps_uploads(self) -> bool:
-        """Latest uploads are kept for the cache scope and for the client trigger's evaluations only."""
+    def _wants_client_scores(self) -> bool:
         rec = self.alg.recovery
-        client_evals = self.alg.sub_models and rec.trigger != "none" and rec.client_trigger
-        return self.alg.scope == "cache" or client_evals
+        return self.alg.sub_models and rec.trigger in ("plateau", "mixed") and rec.client_trigger
 
     # ------------------------------------------------------------------------------------------------
     # Evaluation, restoration and the end of the run
 
     def _evaluate(self) -> EvalRecord:
         st = self.state
-        accuracy, loss = self.evaluator(st.weights, limit=self.cfg.budget.eval_samples)
+        accuracy, loss = self.trainer.evaluate(st.round, limit=self.cfg.budget.eval_samples)
         if self.alg.recovery.rollback and (st.best is None or accuracy > st.best[0]):
             st.best = (accuracy, st.weights, dict(st.cache))
         self._restore_densities(accuracy)
@@ -360,19 +423,16 @@ class Server:
         st = self.state
         if not self.alg.sub_models:
             return
-        rec = self.alg.recovery
         client_scores = {}
-        if rec.trigger != "none" and rec.client_trigger:
+        if self._wants_client_scores:
             for c, cs in enumerate(st.clients):
-                if cs.fresh and c in st.cache:
-                    client_scores[c] = self.evaluator(st.cache[c].weights, limit=rec.client_eval_samples)[0]
-                    cs.fresh = False
-            if self.alg.scope == "window":
-                st.cache = {}  # every upload in it has been evaluated: nothing will read it again
+                if cs.score is not None:
+                    client_scores[c], cs.score = cs.score, None
         changes, rollback = self.recovery.on_evaluation(st.now, st.round, accuracy, client_scores)
         if rollback and st.best is not None:
             _, st.weights, cache = st.best
             st.cache = dict(cache)
+            self._publish(st.round, st.weights)
         if self.alg.pruning.balance and not st.density_log:
             changes += self._balance()
         st.density_log.extend(asdict(change) for change in changes)
@@ -423,21 +483,24 @@ class Server:
         scale = self.cfg.runtime.time_scale
         return 0.02 / scale if scale > 0 else 0.0
 
-    def _resubmit_in_flight(self) -> None:
-        """After a restore, train again what was in flight (results are deterministic, so nothing changes)."""
-        self.trainer.submit([self._job(c) for c, cs in enumerate(self.state.clients) if cs.status != "idle"])
+    def _republish(self) -> None:
+        """After a restore the trainer holds the versions again (the caller published them); train again what
+        was in flight (results are deterministic, so nothing changes)."""
+        st = self.state
+        self._published = set(self.held_versions())
+        self.trainer.submit([self._job(c) for c in sorted(st.busy) if st.clients[c].status != "waiting"])
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything needed to continue the run: plain Python values and numpy arrays only."""
+        """Everything needed to continue the run, but the model versions in `held_versions()` (the caller keeps
+        those): plain Python values and numpy arrays only."""
         st = self.state
         best = None if st.best is None else {"accuracy": st.best[0], "weights": st.best[1],
                                              "cache": _cache_snapshot(st.best[2])}
         return {
             "weights": st.weights,
-            "models": {str(v): w for v, w in st.models.items()},
             "cache": _cache_snapshot(st.cache),
             "best": best,
-            "clients": [asdict(c) for c in st.clients],
+            "clients": _clients_snapshot(st.clients),
             "scalars": {"round": st.round, "now": st.now, "buffer": list(st.buffer),
                         "flush_pending": st.flush_pending, "last_flush": st.last_flush,
                         "bytes_up": st.bytes_up, "bytes_down": st.bytes_down, "updates": st.updates,
@@ -450,18 +513,22 @@ class Server:
             "submodels": self.submodels.snapshot(),
             "recovery": self.recovery.snapshot(),
             "history": [r.as_dict() for r in self.history],
+            "held_versions": self.held_versions(),
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Load a snapshot taken by `snapshot` (into a Server built from the same config)."""
+        """Load a snapshot taken by `snapshot` (into a Server built from the same config); the trainer must hold
+        the snapshot's `held_versions` before the run continues."""
         sc = snap["scalars"]
         best = snap["best"]
+        clients = _clients_restore(snap["clients"])
         self.state = ServerState(
-            weights=dict(snap["weights"]), models={int(v): dict(w) for v, w in snap["models"].items()},
-            cache=_cache_restore(snap["cache"]),
+            weights=dict(snap["weights"]), cache=_cache_restore(snap["cache"]),
             best=None if best is None else (float(best["accuracy"]), dict(best["weights"]),
                                             _cache_restore(best["cache"])),
-            round=int(sc["round"]), now=float(sc["now"]), clients=[ClientState(**c) for c in snap["clients"]],
+            round=int(sc["round"]), now=float(sc["now"]), clients=clients,
+            busy={c for c, cs in enumerate(clients) if cs.status != "idle"},
+            in_flight={c for c, cs in enumerate(clients) if cs.status in IN_FLIGHT},
             buffer=[int(c) for c in sc["buffer"]], flush_pending=bool(sc["flush_pending"]),
             last_flush=float(sc["last_flush"]),
             broadcasts={int(k): [int(c) for c in v] for k, v in sc["broadcasts"].items()},
@@ -475,6 +542,30 @@ class Server:
         self.history = [EvalRecord(**r) for r in snap["history"]]
         self._wall_offset = float(sc["wall_time_s"])
         self._started = False
+
+
+_CLIENT_FIELDS = tuple(ClientState.__dataclass_fields__)
+
+
+def _clients_snapshot(clients: list[ClientState]) -> dict[str, Any]:
+    """Column-wise: one list per field, which stays compact for a population of thousands."""
+    return {name: [getattr(cs, name) for cs in clients] for name in _CLIENT_FIELDS}
+
+
+def _clients_restore(columns: dict[str, Any]) -> list[ClientState]:
+    n = len(columns["version"])
+    return [ClientState(**{name: _plain(columns[name][i]) for name in _CLIENT_FIELDS}) for i in range(n)]
+
+
+def _plain(value: Any) -> Any:
+    """Numbers that went through numpy (a checkpoint) back to Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _cache_snapshot(cache: dict[int, CachedUpdate]) -> dict[str, Any]:

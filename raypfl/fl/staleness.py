@@ -7,7 +7,7 @@ done so far and v the version of the model the client trained on; the spec's τ 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -50,11 +50,12 @@ class StalenessLedger:
             raise ValueError(f"staleness factor of client {client} must be finite and > 0, got {s}")
         self._factors[int(client)] = float(s)
 
-    def coefficients(self) -> dict[int, float]:
-        """c_i = s_i / Σ_j s_j over all recorded clients (summed in client-id order)."""
-        ordered = sorted(self._factors.items())
-        total = sum(s for _, s in ordered)
-        return {client: s / total for client, s in ordered}
+    def coefficients(self, clients: Iterable[int] | None = None) -> dict[int, float]:
+        """c_i = s_i / Σ_j s_j over all recorded clients (an exact sum, so its order does not matter), for
+        `clients` (default: every recorded client)."""
+        total = math.fsum(self._factors.values())
+        wanted = sorted(self._factors) if clients is None else sorted(clients)
+        return {client: self._factors[client] / total for client in wanted}
 
     def snapshot(self) -> dict[int, float]:
         return dict(sorted(self._factors.items()))

@@ -1,10 +1,16 @@
-"""The aggregator actor: owns the Server (global model, virtual clock, buffer) and drives the client pool."""
+"""The aggregator actor: owns the Server (global model, virtual clock, buffer) and drives the client pool.
+
+Its model versions live in the object store. At every evaluation the driver takes a snapshot and becomes the
+owner of the versions it needs (`export_versions` → `adopt_versions`), so a snapshot holds no second copy of
+them and they outlive this actor: a new aggregator continues from the snapshot if this one dies.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import ray
 
 from raypfl.config import Config
 from raypfl.fl.distribution import Sizes
@@ -12,23 +18,24 @@ from raypfl.fl.jobs import Weights
 from raypfl.fl.server import Server
 from raypfl.fl.submodels import ModelFacts
 from raypfl.runtime.client import ActorPoolTrainer
-from raypfl.runtime.training import ModelSpec, TestEvaluator
 from raypfl.sim.heterogeneity import ClientClass
 
 
 class AggregatorActor:
-    def __init__(self, config: dict[str, Any], classes: list[ClientClass], weights: Weights, sizes: Sizes,
-                 facts: ModelFacts, spec: ModelSpec, test_data: dict[str, np.ndarray],
-                 actors: list[Any], client_worker: list[int], snapshot: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], classes: list[ClientClass], class_index: np.ndarray,
+                 weights: Weights, sizes: Sizes, facts: ModelFacts, actors: list[Any], eligible: list[list[int]],
+                 test_size: int, threads: int, snapshot: dict[str, Any] | None = None,
+                 versions: dict[int, list[ray.ObjectRef]] | None = None) -> None:
         import torch
 
         cfg = Config.model_validate(config)
-        torch.set_num_threads(cfg.runtime.threads_per_worker)
-        evaluator = TestEvaluator(spec, test_data["x"], test_data["y"], cfg.training.eval_batch_size,
-                                  cfg.training.loss, cfg.runtime.device)
-        self.server = Server(cfg, classes, weights, sizes, facts, ActorPoolTrainer(actors, client_worker),
-                             evaluator)
+        torch.set_num_threads(threads)  # aggregation is element-wise: its results do not depend on threads
+        self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(class_index[client]),
+                                        cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth)
+        self.server = Server(cfg, classes, weights, sizes, facts, self.trainer)
+        self.trainer.context = lambda: {"virtual_time_s": self.server.state.now, "round": self.server.state.round}
         if snapshot is not None:
+            self.adopt_versions(versions or {})
             self.server.restore(snapshot)
 
     def run_until_eval(self) -> dict[str, Any]:
@@ -38,8 +45,19 @@ class AggregatorActor:
     def snapshot(self) -> dict[str, Any]:
         return self.server.snapshot()
 
-    def clients(self) -> list[dict[str, Any]]:
-        return self.server.client_summary()
+    def export_versions(self, versions: list[int]) -> Any:
+        """The weights of `versions`, one return value each (the caller owns the copies)."""
+        values = ray.get([self.trainer.versions[v] for v in versions])
+        return values[0] if len(values) == 1 else tuple(values)
 
-    def density_log(self) -> list[dict[str, Any]]:
-        return self.server.density_log
+    def adopt_versions(self, refs: dict[int, list[ray.ObjectRef]]) -> None:
+        """Hold the caller's objects for these versions instead of this actor's own copies."""
+        for version, (ref,) in refs.items():
+            self.trainer.adopt(int(version), ref)
+
+    def summary(self) -> dict[str, Any]:
+        return {"clients": self.server.client_summary(), "participation": self.server.participation_summary(),
+                "density_changes": self.server.density_log, "faults": self.trainer.faults}
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self.trainer.faults

@@ -9,11 +9,13 @@ import numpy as np
 import torch
 
 from raypfl.errors import UserError
+from raypfl.fl.aggregation import as_tensor
 
 
 def _to_torch(node: Any) -> Any:
     if isinstance(node, np.ndarray):
-        return torch.from_numpy(np.array(node, copy=True))  # arrays from Ray are read-only
+        # a view where possible: arrays from Ray are read-only, and stay unwritten
+        return as_tensor(node if node.flags.c_contiguous else np.ascontiguousarray(node))
     if isinstance(node, dict):
         return {k: _to_torch(v) for k, v in node.items()}
     if isinstance(node, list | tuple):

@@ -7,6 +7,7 @@ what makes a run independent of how many actors there are.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from raypfl.config import TrainingConfig
+from raypfl.fl.aggregation import as_tensor, compact
 from raypfl.fl.jobs import Mask, TrainJob, TrainResult, Weights
-from raypfl.fl.slicing import OrderedDropout, WidthPlan, embed, extract, indices_from_mask, narrow_model, width_plan
+from raypfl.fl.slicing import OrderedDropout, WidthPlan, extract, indices_from_mask, narrow_model, width_plan
 from raypfl.models import build_model, prunable_parameters
 
 
@@ -43,7 +45,8 @@ def to_numpy(model: nn.Module) -> Weights:
 
 
 def load_numpy(model: nn.Module, weights: Weights) -> None:
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    """Copy `weights` into the model's own tensors, in place (no new parameters are made)."""
+    model.load_state_dict({k: as_tensor(v) for k, v in weights.items()})
 
 
 def cycle_indices(indices: np.ndarray, seed: int, client: int, cycle: int, count: int) -> np.ndarray:
@@ -81,56 +84,89 @@ def loss_fn(kind: str, num_classes: int):  # noqa: ANN201 - a torch loss callabl
 
 
 class ClientTrainer:
-    """Trains jobs of many virtual clients on one model instance (one per process)."""
+    """Trains jobs of many virtual clients on one resident model (one per process): every job loads its
+    version into the model's parameters in place, so nothing per job costs more than the training itself.
+
+    Results are compact (`raypfl.fl.aggregation.compact`): a masked tensor comes back as its held values only.
+    With `copy_results=False` unmasked tensors are views of the live parameters, valid until the next job (a Ray
+    actor serialises its return value before it runs the next task)."""
 
     def __init__(self, spec: ModelSpec, x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
-                 training: TrainingConfig, seed: int, augment_data: bool = False, device: str = "auto") -> None:
+                 training: TrainingConfig, seed: int, augment_data: bool = False, device: str = "auto",
+                 x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
+                 copy_results: bool = True) -> None:
         self.spec = spec
         self.device = pick_device(device)
         self.model = spec.build().to(self.device)
-        self.x = torch.from_numpy(x)
-        self.y = torch.from_numpy(y)
+        self.x = as_tensor(x)
+        self.y = as_tensor(y)
+        self.x_test = as_tensor(x_test) if x_test is not None else None
+        self.y_test = as_tensor(y_test) if y_test is not None else None
         self.parts = parts
         self.training = training
         self.seed = seed
         self.augment = augment_data
+        self.copy_results = copy_results
         self.loss = loss_fn(training.loss, spec.num_classes)
         self.prunable = prunable_parameters(self.model)
         self._plan: WidthPlan | None = None
+        self._narrow: dict[tuple[tuple[int, ...], ...], nn.Module] = {}
+        self.steps = 0  # local SGD steps run by this trainer
+        self.first_step_at: float | None = None  # wall clock (time.time()) of the first one
 
-    def train(self, job: TrainJob) -> TrainResult:
+    def train(self, job: TrainJob, weights: Weights) -> TrainResult:
         if job.sliced:
-            return self._train_sliced(job)
-        load_numpy(self.model, job.weights)
+            return self._train_sliced(job, weights)
+        load_numpy(self.model, weights)
         masked = self._mask(job.mask)
         loss, count = self._fit(self.model, job)
-        grads = self._squared_grads(count) if job.want_grads else None
+        grads = self._squared_grads(count, job.mask) if job.want_grads else None
         for module in masked:
             prune.remove(module, "weight")  # weight = weight_orig ⊙ mask: exact zeros outside the mask
-        return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=to_numpy(self.model),
-                           n_samples=count, loss=loss, mask=job.mask, grads=grads)
+        score = self.score(self.model, job.score_samples) if job.score_samples else None
+        return TrainResult(client=job.client, version=job.version, cycle=job.cycle,
+                           weights=self._compact(self.model, job.mask), n_samples=count, loss=loss, mask=job.mask,
+                           grads=grads, score=score)
 
-    def _train_sliced(self, job: TrainJob) -> TrainResult:
-        """Width-sliced sub-model: extract the narrow tensors, train the narrow network, embed it back."""
+    def _train_sliced(self, job: TrainJob, weights: Weights) -> TrainResult:
+        """Width-sliced sub-model: train a genuinely narrow network on the extracted tensors. Its tensors are
+        exactly the held values of the structured mask, in its C order: the compact upload."""
         if self._plan is None:
             self._plan = width_plan(self.model)
         if job.mask is None:
             model = self.model
-            load_numpy(model, job.weights)
+            load_numpy(model, weights)
         else:
-            index = indices_from_mask(job.mask)
-            model = narrow_model(self.model, extract(job.weights, index))
+            model = self._narrow_model(extract(weights, indices_from_mask(job.mask)))
         dropout = OrderedDropout(model, self._plan) if job.od_widths else None
         try:
             loss, count = self._fit(model, job, dropout)
         finally:
             if dropout is not None:
                 dropout.remove()
-        weights = to_numpy(model)
-        if job.mask is not None:
-            weights = embed(weights, index, job.weights)
-        return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=weights,
-                           n_samples=count, loss=loss, mask=job.mask)
+        out = {k: (v.reshape(-1) if job.mask is not None and k in job.mask else v)
+               for k, v in self._state(model).items()}
+        score = self.score(model, job.score_samples) if job.score_samples else None
+        return TrainResult(client=job.client, version=job.version, cycle=job.cycle, weights=out, n_samples=count,
+                           loss=loss, mask=job.mask, score=score)
+
+    def _narrow_model(self, narrow: Weights) -> nn.Module:
+        """A resident narrow network per sub-model shape, loaded in place."""
+        shapes = tuple(tuple(v.shape) for v in narrow.values())
+        model = self._narrow.get(shapes)
+        if model is None:
+            model = self._narrow[shapes] = narrow_model(self.model, narrow)
+        else:
+            load_numpy(model, narrow)
+        return model
+
+    def _state(self, model: nn.Module) -> Weights:
+        return {k: v.detach().cpu().numpy().copy() if self.copy_results else v.detach().cpu().numpy()
+                for k, v in model.state_dict().items()}
+
+    def _compact(self, model: nn.Module, mask: Mask | None) -> Weights:
+        state = self._state(model)
+        return state if not mask else compact(state, mask)
 
     def _fit(self, model: nn.Module, job: TrainJob, dropout: OrderedDropout | None = None) -> tuple[float, int]:
         """The local steps of a job on `model`; (mean training loss, samples seen)."""
@@ -142,7 +178,9 @@ class ClientTrainer:
         job_seed = int(np.random.default_rng([self.seed, 5, job.client, job.cycle]).integers(2**62))
         generator = torch.Generator().manual_seed(job_seed)
         torch.manual_seed(job_seed)  # any stochastic layer (dropout) draws from the job's seed too
-        losses = []
+        losses = torch.zeros(job.local_steps, dtype=torch.float64, device=self.device)
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         for step in range(job.local_steps):
             if dropout is not None:
                 dropout.p = job.od_widths[step % len(job.od_widths)]
@@ -157,8 +195,9 @@ class ClientTrainer:
             if t.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
             optimizer.step()
-            losses.append(loss.item())
-        return float(np.mean(losses)), count
+            losses[step] = loss.detach()
+        self.steps += job.local_steps
+        return float(np.mean(losses.tolist())), count
 
     def _mask(self, mask: Mask | None) -> list[nn.Module]:
         """Re-parametrise the masked layers (torch.nn.utils.prune): the forward pass uses weight_orig ⊙ mask,
@@ -166,66 +205,93 @@ class ClientTrainer:
         modules = []
         for name, keep in (mask or {}).items():
             module = self.model.get_submodule(name.removesuffix(".weight"))
-            prune.custom_from_mask(module, "weight", torch.from_numpy(np.asarray(keep)).to(self.device))
+            prune.custom_from_mask(module, "weight", as_tensor(keep).to(self.device))
             modules.append(module)
         return modules
 
-    def _squared_grads(self, n_samples: int) -> dict[str, np.ndarray]:
-        """(∇W)² · n of the last local step for every prunable layer (PR-FL's gradient importance)."""
+    def _squared_grads(self, n_samples: int, mask: Mask | None) -> dict[str, np.ndarray]:
+        """(∇W)² · n of the last local step for every prunable layer (PR-FL's gradient importance), compact:
+        outside its mask a weight has no gradient."""
         out = {}
         for name in self.prunable:
             module = self.model.get_submodule(name.removesuffix(".weight"))
             param = getattr(module, "weight_orig", module.weight)
             if param.grad is not None:
                 out[name] = (param.grad.detach().cpu().numpy() ** 2) * n_samples
+        return compact(out, mask) if mask else out
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, samples: int) -> float:
+        """Accuracy of `model` on the first `samples` test samples (GMR's client trigger)."""
+        correct, _ = zip(*self.evaluate_batches(model, 0, samples, self.training.eval_batch_size), strict=True)
+        return sum(correct) / min(samples, len(self.y_test))
+
+    @torch.no_grad()
+    def evaluate_batches(self, model: nn.Module, start: int, stop: int, batch_size: int) -> list[tuple[int, float]]:
+        """(correct predictions, summed loss) of each test batch [start + k·batch_size, …) below `stop`."""
+        if self.x_test is None or self.y_test is None:
+            raise ValueError("this trainer holds no test data")
+        model.eval()
+        stop = min(stop, len(self.y_test))
+        out = []
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            xb, yb = self.x_test[lo:hi].to(self.device), self.y_test[lo:hi].to(self.device)
+            logits = model(xb)
+            out.append((int((logits.argmax(1) == yb).sum()), float(self.loss(logits, yb)) * len(yb)))
         return out
+
+    def evaluate(self, weights: Weights, start: int, stop: int) -> list[tuple[int, float]]:
+        """The test batches in [start, stop) of a global model (batch boundaries at multiples of the batch size
+        from 0, so that any split of the test set over workers sums to the same numbers)."""
+        load_numpy(self.model, weights)
+        return self.evaluate_batches(self.model, start, stop, self.training.eval_batch_size)
+
+
+def eval_splits(samples: int, batch_size: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges that split `samples` test samples over `parts` workers at batch boundaries."""
+    batches = -(-samples // batch_size)
+    per = -(-batches // max(1, parts))
+    return [(b * batch_size, min(samples, (b + per) * batch_size)) for b in range(0, batches, per)]
+
+
+def summarise_batches(batches: list[tuple[int, float]], samples: int) -> tuple[float, float]:
+    """(accuracy, mean loss) from per-batch (correct, summed loss), the losses added in batch order."""
+    correct, total_loss = 0, 0.0
+    for right, loss in batches:
+        correct += right
+        total_loss += loss
+    return correct / samples, total_loss / samples
 
 
 class InProcessTrainer:
-    """The same Trainer contract without Ray: jobs run when their results are collected (tests, debugging)."""
+    """The Trainer contract without Ray: jobs run when their results are collected (tests, debugging)."""
 
     def __init__(self, trainer: ClientTrainer) -> None:
         self.trainer = trainer
-        self._pending: dict[int, TrainJob] = {}
+        self.versions: dict[int, Weights] = {}
+        self._pending: dict[int, tuple[TrainJob, Weights]] = {}
+
+    def publish(self, version: int, weights: Weights) -> None:
+        self.versions[version] = weights
+
+    def release(self, version: int) -> None:
+        self.versions.pop(version, None)
 
     def submit(self, jobs: list[TrainJob]) -> None:
         for job in jobs:
-            self._pending[job.client] = job
+            self._pending[job.client] = (job, self.versions[job.version])
 
     def ready(self, client: int) -> bool:
         return client in self._pending
 
     def collect(self, clients: list[int]) -> dict[int, TrainResult]:
-        return {c: self.trainer.train(self._pending.pop(c)) for c in clients}
+        return {c: self.trainer.train(*self._pending.pop(c)) for c in clients}
 
-
-class TestEvaluator:
-    """Accuracy and mean loss of a global model on the test set."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, spec: ModelSpec, x: np.ndarray, y: np.ndarray, batch_size: int, loss: str,
-                 device: str = "auto") -> None:
-        self.device = pick_device(device)
-        self.model = spec.build().to(self.device)
-        self.x = torch.from_numpy(x)
-        self.y = torch.from_numpy(y)
-        self.batch_size = batch_size
-        self.loss = loss_fn(loss, spec.num_classes)
-
-    @torch.no_grad()
-    def __call__(self, weights: Weights, limit: int | None = None) -> tuple[float, float]:
-        load_numpy(self.model, weights)
-        self.model.eval()
-        n = len(self.y) if limit is None else min(limit, len(self.y))
-        correct, total_loss = 0, 0.0
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            xb, yb = self.x[start:stop].to(self.device), self.y[start:stop].to(self.device)
-            logits = self.model(xb)
-            total_loss += float(self.loss(logits, yb)) * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-        return correct / n, total_loss / n
+    def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
+        assert self.trainer.y_test is not None
+        samples = len(self.trainer.y_test) if limit is None else min(limit, len(self.trainer.y_test))
+        return summarise_batches(self.trainer.evaluate(self.versions[version], 0, samples), samples)
 
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, float]:

@@ -7,6 +7,7 @@ The paper's five classes have initial density 1.0/0.5/0.2/0.1/0.05 with bandwidt
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -164,3 +165,18 @@ def merged_options(classes: list[ClientClass]) -> dict[str, object]:
         for key, value in klass.resources.items():
             merged[key] = max(merged.get(key, 0.0), value)
     return ClientClass("merged", 1.0, 1.0, 1.0, 1.0, merged).actor_options()
+
+
+
+def resource_amounts(options: dict[str, Any]) -> dict[str, float]:
+    """The non-zero resources of Ray actor options (CPU, GPU and custom resources), by name."""
+    out = {"CPU": float(options.get("num_cpus", 0.0)), "GPU": float(options.get("num_gpus", 0.0)),
+           **{k: float(v) for k, v in (options.get("resources") or {}).items()}}
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def covers(worker: dict[str, Any], request: dict[str, Any]) -> bool:
+    """Whether actor options `worker` meet every resource of `request` (a class's options): such an actor may
+    train that class's clients, so jobs spread over every actor that can take them."""
+    have = resource_amounts(worker)
+    return all(have.get(key, 0.0) >= value - 1e-9 for key, value in resource_amounts(request).items())
