@@ -23,6 +23,7 @@ from rich.table import Table
 
 from raypfl.config import Config, Section, Text, apply_override, load_config, parse_override, read_yaml, to_yaml
 from raypfl.errors import UserError
+from raypfl.runtime.checkpoint import CHECKPOINT
 from raypfl.tracking import tracking_uri
 
 REPORTED = ("accuracy", "loss", "best_accuracy", "final_accuracy", "virtual_time_s", "mean_density", "min_density",
@@ -176,8 +177,8 @@ def _trial(params: dict[str, Any], sweep: Sweep, parent_run_id: str | None) -> N
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and (run_dir / "config.yaml").is_file():
         with checkpoint.as_directory() as folder:  # Tune's view of the trial's progress wins
-            (run_dir / "checkpoints").mkdir(exist_ok=True)
-            shutil.copyfile(Path(folder) / "latest.pt", run_dir / "checkpoints" / "latest.pt")
+            (run_dir / CHECKPOINT).parent.mkdir(exist_ok=True)
+            shutil.copyfile(Path(folder) / CHECKPOINT.name, run_dir / CHECKPOINT)
 
     def report(history: list[dict[str, Any]], saved: Path | None) -> None:
         record = history[-1]

@@ -11,9 +11,9 @@ from rich.console import Console
 
 from raypfl.config import Config, load_config
 from raypfl.fl.server import Server
-from raypfl.runtime.checkpoint import save_checkpoint
+from raypfl.runtime.checkpoint import CHECKPOINT, save_checkpoint
 from raypfl.runtime.driver import prepare, run_experiment
-from raypfl.runtime.training import ClientTrainer, InProcessTrainer
+from raypfl.runtime.training import ClientTrainer, InProcessTrainer, describe_model
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -41,7 +41,7 @@ def test_preset_runs_end_to_end_with_contract_outputs(algorithm: str, tmp_path: 
     cfg = small_config(tracking_uri, f"algorithm.name={algorithm}")
     result = run(cfg, tmp_path / "run")
     run_dir = tmp_path / "run"
-    for name in ("config.yaml", "result.json", "history.csv", "curves.png", "checkpoints/latest.pt"):
+    for name in ("config.yaml", "result.json", "history.csv", "curves.png", str(CHECKPOINT)):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "result.json").read_text())
     for key in ("algorithm", "dataset", "seed", "final_accuracy", "best_accuracy", "virtual_time_s",
@@ -116,7 +116,8 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -
     trainer = InProcessTrainer(ClientTrainer(exp.spec, exp.dataset.x_train, exp.dataset.y_train, exp.parts,
                                              cfg.training, cfg.experiment.seed, x_test=exp.dataset.x_test,
                                              y_test=exp.dataset.y_test))
-    server = Server(cfg, exp.classes, exp.weights, exp.sizes, exp.facts, trainer)
+    model = describe_model(cfg, exp.spec)
+    server = Server(cfg, exp.classes, model.weights, model.sizes, model.facts, trainer)
     for _ in range(3):
         server.run_until_eval()
     run_dir = tmp_path / "interrupted"
@@ -124,7 +125,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -
     (run_dir / "config.yaml").write_text((tmp_path / "whole" / "config.yaml").read_text())
     snap = server.snapshot()
     snap["versions"] = {str(v): trainer.versions[v] for v in snap.pop("held_versions")}
-    save_checkpoint(run_dir / "checkpoints" / "latest.pt", snap)
+    save_checkpoint(run_dir / CHECKPOINT, snap)
     torch.set_num_threads(threads)
 
     resumed = run_experiment(resume=run_dir, console=Console(quiet=True))["history"]

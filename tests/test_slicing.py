@@ -6,21 +6,12 @@ from torch import nn
 from raypfl.config import TrainingConfig, WidthConfig
 from raypfl.fl.aggregation import ClientUpdate, aggregate, expand
 from raypfl.fl.distribution import WidthSizeModel
-from raypfl.fl.jobs import TrainJob
-from raypfl.fl.slicing import (
-    Axis,
-    OrderedDropout,
-    embed,
-    extract,
-    indices_from_mask,
-    narrow_model,
-    od_widths,
-    width,
-    width_plan,
-)
+from raypfl.fl.jobs import ModelSpec, TrainJob
+from raypfl.fl.slicing import Axis, embed, extract, indices_from_mask, od_widths, width
 from raypfl.fl.submodels import WidthSubModels
 from raypfl.models import build_model, count_parameters
-from raypfl.runtime.training import ClientTrainer, ModelSpec, to_numpy
+from raypfl.models.width import OrderedDropout, narrow_model, width_plan
+from raypfl.runtime.training import ClientTrainer, to_numpy
 from raypfl.sim.clock import MB
 
 SHAPES = {"cnn": (1, 28, 28), "vgg11": (3, 32, 32), "resnet18": (3, 32, 32)}

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from raypfl.config import TrainingConfig
-from raypfl.fl.jobs import TrainJob
-from raypfl.models import prunable_parameters
 from raypfl.fl.aggregation import expand
-from raypfl.runtime.training import (ClientTrainer, ModelSpec, cycle_indices, eval_splits, layer_flops,
-                                     summarise_batches, to_numpy)
+from raypfl.fl.evaluation import eval_splits, summarise_batches
+from raypfl.fl.jobs import ModelSpec, TrainJob
+from raypfl.models import prunable_parameters
+from raypfl.runtime.training import ClientTrainer, cycle_indices, layer_flops, to_numpy
 
 SPEC = ModelSpec("cnn", (1, 8, 8), 10)
 
@@ -94,3 +94,60 @@ def test_layer_flops() -> None:
     # conv1: 2 · (32·8·8 outputs) · (1·5·5) ; fc: 2 · 256 · 2048
     assert flops["features.0.weight"] == 2 * 32 * 64 * 25
     assert flops["classifier.0.weight"] == 2 * 256 * 2048
+
+
+def test_a_view_with_odd_strides_trains_exactly_like_a_fresh_array() -> None:
+    # x[:, None] gives the channel axis a stride of 4 bytes: PyTorch would take it for channels-last and round
+    # differently; arrays are made canonical, so data moved through Ray's object store computes the same.
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(60, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 60)
+    training = TrainingConfig(lr=0.1, batch_size=10, local_steps=3)
+    weights = to_numpy(SPEC.build())
+    results = []
+    odd = np.lib.stride_tricks.as_strided(images, (60, 1, 8, 8), (256, 4, 32, 4))  # how x[:, None] can come out
+    for x in (odd, images.reshape(60, 1, 8, 8).copy()):
+        trainer = ClientTrainer(SPEC, x, y, [np.arange(60)], training, seed=0)
+        results.append(trainer.train(TrainJob(0, 0, 0, None, 0.1, 3), weights))
+    assert torch.from_numpy(odd).is_contiguous(memory_format=torch.channels_last)
+    assert all(np.array_equal(results[0].weights[k], results[1].weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.5, 1e-3)])
+def test_sgd_takes_exactly_the_steps_of_torch_optim_sgd(momentum: float, weight_decay: float) -> None:
+    from raypfl.runtime.training import SGD
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    models = [SPEC.build(), SPEC.build()]
+    models[1].load_state_dict(models[0].state_dict())
+    ours = SGD(list(models[0].parameters()), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    reference = torch.optim.SGD(models[1].parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for step in range(4):
+        batch = slice(10 * step, 10 * step + 10)
+        for model, optimizer in ((models[0], ours), (models[1], reference)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_job_does_not_depend_on_the_jobs_run_before_it(trainer: ClientTrainer) -> None:
+    # One resident model serves every job: nothing a masked or width-sliced job does to it may leak into the next
+    # job (its memory layout included, which decides PyTorch's rounding).
+    from raypfl.models.width import width_plan
+
+    weights = to_numpy(SPEC.build())
+    dense = TrainJob(1, 0, 2, None, 0.1, 4)
+    alone = ClientTrainer(SPEC, trainer.x.numpy(), trainer.y.numpy(), trainer.parts, trainer.training, seed=0)
+    expected = alone.train(dense, weights)
+    rng = np.random.default_rng(3)
+    masked = TrainJob(0, 0, 0, {name: rng.random(weights[name].shape) < 0.5
+                                for name in prunable_parameters(SPEC.build())}, 0.1, 4)
+    sliced = TrainJob(0, 0, 1, width_plan(SPEC.build()).mask(0.25), 0.1, 4, sliced=True, od_widths=(0.1, 0.2))
+    for before in (masked, sliced):
+        trainer.train(before, weights)
+        after = trainer.train(dense, weights)
+        assert after.loss == expected.loss
+        assert all(np.array_equal(after.weights[k], expected.weights[k]) for k in weights)

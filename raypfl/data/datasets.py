@@ -19,6 +19,9 @@ CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
 
 
+Reader = Callable[[], "Dataset"]  # loads a located dataset
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
@@ -33,24 +36,40 @@ class Dataset:
 
 
 def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale by the training set's mean and std (one value per channel)."""
+    """Scale by the training set's mean and std (one value per channel); float32 inputs are scaled in place."""
     axes = (0, 2, 3)
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True) + 1e-8
-    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+    out = []
+    for x in (x_train, x_test):
+        x = x if x.dtype == np.float32 and x.flags.writeable else x.astype(np.float32)
+        x -= mean
+        x /= std
+        out.append(x)
+    return out[0], out[1]
+
+
+def canonical(x: np.ndarray) -> np.ndarray:
+    """C-contiguous with the strides NumPy gives a fresh array, size-1 axes included: PyTorch picks its kernels
+    (and so its rounding) from the strides, and an array must compute the same however it was made or moved."""
+    return np.ascontiguousarray(x).reshape(-1).reshape(x.shape)
 
 
 def _dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
              num_classes: int, source: str, writers: np.ndarray | None = None) -> Dataset:
-    return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), num_classes,
-                   tuple(int(d) for d in x_train.shape[1:]), source, writers)
+    return Dataset(name, canonical(x_train), y_train.astype(np.int64), canonical(x_test), y_test.astype(np.int64),
+                   num_classes, tuple(int(d) for d in x_train.shape[1:]), source, writers)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # digits and synthetic
 
 
-def load_digits(cfg: DataConfig, seed: int) -> Dataset:
+def locate_digits(cfg: DataConfig, seed: int) -> Reader:
+    return lambda: _read_digits(cfg)
+
+
+def _read_digits(cfg: DataConfig) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -64,7 +83,11 @@ def load_digits(cfg: DataConfig, seed: int) -> Dataset:
     return _dataset("digits", x_train, y[train], x_test, y[test], 10, "sklearn.load_digits")
 
 
-def load_synthetic(cfg: DataConfig, seed: int) -> Dataset:
+def locate_synthetic(cfg: DataConfig, seed: int) -> Reader:
+    return lambda: _make_synthetic(cfg, seed)
+
+
+def _make_synthetic(cfg: DataConfig, seed: int) -> Dataset:
     """Gaussian clusters shaped like images: each class has a random mean image; samples add noise."""
     s = cfg.synthetic
     rng = np.random.default_rng([seed, 11])
@@ -92,11 +115,26 @@ IDX_FILES = {
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes (magic 0x0000 08 DD), gzip or plain."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+def _check_idx_magic(path: Path, raw: bytes) -> None:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] not in (1, 3):
         raise UserError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+
+
+def _idx_head(path: Path) -> bytes:
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else path.open("rb")) as f:
+            return f.read(4)
+    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile, an OSError
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (magic 0x0000 08 DD), gzip or plain."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    _check_idx_magic(path, raw)
     dims = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
     body = raw[4 + 4 * dims:]
@@ -113,18 +151,27 @@ def _find_idx(folders: list[Path], stem: str) -> Path | None:
     return None
 
 
-def _load_idx(name: str, folders: list[Path], how_to_get: str) -> Dataset:
+def _locate_idx(name: str, folders: list[Path], how_to_get: str) -> Reader:
     found = {key: _find_idx(folders, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] for k, p in found.items() if p is None]
     if missing:
         where = ", ".join(str(f) for f in folders)
         raise UserError(f"{name} not found: no {missing[0]}[.gz] in {where}; {how_to_get}")
-    arrays = {key: read_idx(path) for key, path in found.items() if path is not None}
+    files = {key: path for key, path in found.items() if path is not None}
+    for path in files.values():
+        _check_idx_magic(path, _idx_head(path))
+    return lambda: _read_idx_set(name, files)
+
+
+def _read_idx_set(name: str, found: dict[str, Path]) -> Dataset:
+    arrays = {key: read_idx(path) for key, path in found.items()}
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
             raise UserError(f"{name}: {split} images and labels differ in length")
-    x_train = arrays["x_train"].astype(np.float32)[:, None] / 255.0
-    x_test = arrays["x_test"].astype(np.float32)[:, None] / 255.0
+    x_train = arrays["x_train"].astype(np.float32)[:, None]
+    x_test = arrays["x_test"].astype(np.float32)[:, None]
+    for x in (x_train, x_test):  # in place: the same values as x / 255, without another copy
+        x /= 255.0
     x_train, x_test = _standardise(x_train, x_test)
     return _dataset(name, x_train, arrays["y_train"], x_test, arrays["y_test"], 10,
                     str(found["x_train"].parent if found["x_train"] else ""))
@@ -139,17 +186,17 @@ def _folders(data_dir: str | None, *subdirs: str) -> list[Path]:
     return [root, *(root / s for s in subdirs)]
 
 
-def load_mnist(cfg: DataConfig, seed: int) -> Dataset:
+def locate_mnist(cfg: DataConfig, seed: int) -> Reader:
     if cfg.data_dir is None:
         raise UserError("mnist needs data.data_dir: a folder with the four IDX files (train-images-idx3-ubyte[.gz], "
                         "...), e.g. torchvision's MNIST/raw")
-    return _load_idx("mnist", _folders(cfg.data_dir, "raw", "MNIST/raw"),
+    return _locate_idx("mnist", _folders(cfg.data_dir, "raw", "MNIST/raw"),
                      "put the four MNIST IDX files there")
 
 
-def load_fashion_mnist(cfg: DataConfig, seed: int) -> Dataset:
+def locate_fashion_mnist(cfg: DataConfig, seed: int) -> Reader:
     folders = _folders(cfg.data_dir, "raw", "FashionMNIST/raw") if cfg.data_dir else [DEBIAN_FASHION_MNIST]
-    return _load_idx("fashion_mnist", folders, "install Debian's package (apt-get install dataset-fashion-mnist) "
+    return _locate_idx("fashion_mnist", folders, "install Debian's package (apt-get install dataset-fashion-mnist) "
                      "or set data.data_dir to a folder with the four IDX files")
 
 
@@ -197,7 +244,7 @@ def _cifar_binary(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def load_cifar10(cfg: DataConfig, seed: int) -> Dataset:
+def locate_cifar10(cfg: DataConfig, seed: int) -> Reader:
     """The standard python batches or the binary version. torchvision's reader checks the official md5 sums,
     which generated test files cannot match, so the files are read here."""
     if cfg.data_dir is None:
@@ -206,16 +253,17 @@ def load_cifar10(cfg: DataConfig, seed: int) -> Dataset:
     train = [f"data_batch_{i}" for i in range(1, 6)]
     for folder in _folders(cfg.data_dir, "cifar-10-batches-py", "cifar-10-batches-bin"):
         if all((folder / n).is_file() for n in [*train, "test_batch"]):
-            x_train, y_train = _cifar_python(folder, train)
-            x_test, y_test = _cifar_python(folder, ["test_batch"])
-            break
+            return lambda: _read_cifar10(folder, _cifar_python, train, ["test_batch"])
         if all((folder / f"{n}.bin").is_file() for n in [*train, "test_batch"]):
-            x_train, y_train = _cifar_binary(folder, [f"{n}.bin" for n in train])
-            x_test, y_test = _cifar_binary(folder, ["test_batch.bin"])
-            break
-    else:
-        raise UserError(f"cifar10 not found in {root}, {root / 'cifar-10-batches-py'} or "
-                        f"{root / 'cifar-10-batches-bin'}: download and unpack the python or binary version there")
+            return lambda: _read_cifar10(folder, _cifar_binary, [f"{n}.bin" for n in train], ["test_batch.bin"])
+    raise UserError(f"cifar10 not found in {root}, {root / 'cifar-10-batches-py'} or "
+                    f"{root / 'cifar-10-batches-bin'}: download and unpack the python or binary version there")
+
+
+def _read_cifar10(folder: Path, read: Callable[[Path, list[str]], tuple[np.ndarray, np.ndarray]], train: list[str],
+                  test: list[str]) -> Dataset:
+    x_train, y_train = read(folder, train)
+    x_test, y_test = read(folder, test)
     scale = lambda x: ((x.astype(np.float32) / 255.0 - CIFAR_MEAN[:, None, None]) / CIFAR_STD[:, None, None])  # noqa: E731
     return _dataset("cifar10", scale(x_train).astype(np.float32), y_train, scale(x_test).astype(np.float32),
                     y_test, 10, str(folder))
@@ -255,7 +303,7 @@ def _read_leaf(files: list[Path], writer_ids: dict[str, int]) -> tuple[np.ndarra
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
 
 
-def load_femnist(cfg: DataConfig, seed: int) -> Dataset:
+def locate_femnist(cfg: DataConfig, seed: int) -> Reader:
     if cfg.data_dir is None:
         raise UserError("femnist needs data.data_dir: LEAF's output folder with train/*.json and test/*.json")
     root = Path(cfg.data_dir)
@@ -265,6 +313,10 @@ def load_femnist(cfg: DataConfig, seed: int) -> Dataset:
     if not train_files or not test_files:
         raise UserError(f"femnist not found: no JSON files in {root}/train and {root}/test (or {root}/data/...); "
                         "run LEAF's femnist preprocess.sh and point data.data_dir at its data folder")
+    return lambda: _read_femnist(root, train_files, test_files)
+
+
+def _read_femnist(root: Path, train_files: list[Path], test_files: list[Path]) -> Dataset:
     writer_ids: dict[str, int] = {}
     x_train, y_train, writers = _read_leaf(train_files, writer_ids)
     x_test, y_test, _ = _read_leaf(test_files, writer_ids)
@@ -272,15 +324,21 @@ def load_femnist(cfg: DataConfig, seed: int) -> Dataset:
     return _dataset("femnist", x_train, y_train, x_test, y_test, 62, str(root), writers)
 
 
-LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
-    "digits": load_digits,
-    "synthetic": load_synthetic,
-    "mnist": load_mnist,
-    "fashion_mnist": load_fashion_mnist,
-    "cifar10": load_cifar10,
-    "femnist": load_femnist,
+LOADERS: dict[str, Callable[[DataConfig, int], Reader]] = {
+    "digits": locate_digits,
+    "synthetic": locate_synthetic,
+    "mnist": locate_mnist,
+    "fashion_mnist": locate_fashion_mnist,
+    "cifar10": locate_cifar10,
+    "femnist": locate_femnist,
 }
 
 
-def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+def locate_dataset(cfg: DataConfig, seed: int = 0) -> Reader:
+    """Find the dataset's files and check what can be checked without reading them all (existence, headers):
+    returns the reader that loads it. Every missing file or folder is a UserError here, before anything starts."""
     return LOADERS[cfg.dataset](cfg, seed)
+
+
+def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    return locate_dataset(cfg, seed)()

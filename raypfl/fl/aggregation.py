@@ -10,22 +10,20 @@ Per floating-point key, with m_i the client's explicit mask (all ones where abse
 A masked tensor of an update may come dense (its shape; entries outside the mask are never read) or compact:
 the held values only, in the mask's C order (`compact`), so an upload costs memory ∝ its density.
 
-Sums run in float32 in client-id order (torch, in place), so the result does not depend on the order the
-updates were passed in, nor on how many threads run the element-wise operations. Non-float tensors (e.g.
-BatchNorm's ``num_batches_tracked``) keep their old value.
+Sums run in float32, in place and in client-id order, so the result does not depend on the order the updates
+were passed in. Non-float tensors (e.g. BatchNorm's ``num_batches_tracked``) keep their old value. NumPy only:
+the aggregator's process needs no PyTorch.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-import torch
 
 from raypfl.fl.jobs import Mask, Weights
 
@@ -60,24 +58,17 @@ def expand(weights: Weights, mask: Mask | None, like: Weights) -> Weights:
     return out
 
 
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A torch view of a numpy array (no copy); arrays from Ray's object store are read-only, and stay unwritten."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.asarray(array))
+_INDEX_CACHE: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
 
-_INDEX_CACHE: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
-
-
-def flat_index(held: np.ndarray) -> torch.Tensor:
+def flat_index(held: np.ndarray) -> np.ndarray:
     """The flat positions a bool mask holds; cached, since a mask object serves many updates."""
     key = id(held)
     hit = _INDEX_CACHE.get(key)
     if hit is not None and hit[0] is held:
         _INDEX_CACHE.move_to_end(key)
         return hit[1]
-    index = torch.from_numpy(np.flatnonzero(held))
+    index = np.flatnonzero(held)
     _INDEX_CACHE[key] = (held, index)  # the array is kept, so its id cannot be reused while cached
     if len(_INDEX_CACHE) > 64:
         _INDEX_CACHE.popitem(last=False)
@@ -120,16 +111,20 @@ def _validate(old: Weights, updates: Sequence[ClientUpdate]) -> None:
 class _Sums:
     """Σ λ m w (or Σ λ m (w − W_old) for `ga`) and Σ λ m of one tensor, accumulated in place."""
 
-    def __init__(self, base: torch.Tensor, deltas: bool) -> None:
+    def __init__(self, base: np.ndarray, deltas: bool) -> None:
         self.base = base
         self.deltas = deltas
-        self.num = torch.zeros_like(base)
-        self.den: torch.Tensor | None = None  # per element, once some update holds only part of the tensor
+        self.num = np.zeros_like(base)
+        self._scaled = np.empty_like(base)
+        self.den: np.ndarray | None = None  # per element, once some update holds only part of the tensor
         self.den_all = 0.0  # the part of Σ λ m that every element shares
 
-    def add(self, weight: float, values: torch.Tensor, held: np.ndarray | None) -> None:
+    def add(self, weight: float, values: np.ndarray, held: np.ndarray | None) -> None:
         if held is None:
-            self.num.add_(values - self.base if self.deltas else values, alpha=weight)
+            if self.deltas:
+                values = values - self.base
+            np.multiply(values, weight, out=self._scaled)
+            self.num += self._scaled
             self.den_all += weight
             return
         flat = flat_index(held)
@@ -137,13 +132,14 @@ class _Sums:
             values = values.reshape(-1)[flat]
         if self.deltas:
             values = values - self.base.reshape(-1)[flat]
-        self.num.view(-1).index_add_(0, flat, values, alpha=weight)
+        self.num.reshape(-1)[flat] += values * np.float32(weight)
         if self.den is None:
-            self.den = torch.zeros_like(self.base)
-        self.den.view(-1).index_add_(0, flat, torch.full((len(flat),), weight, dtype=self.base.dtype))
+            self.den = np.zeros_like(self.base)
+        self.den.reshape(-1)[flat] += np.float32(weight)
 
-    def denominator(self) -> torch.Tensor:
-        return self.den + self.den_all if self.den is not None else torch.full_like(self.base, self.den_all)
+    def denominator(self) -> np.ndarray:
+        return self.den + np.float32(self.den_all) if self.den is not None else \
+            np.full_like(self.base, self.den_all)
 
 
 def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix: float = 1.0,
@@ -164,21 +160,20 @@ def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix:
         if not np.issubdtype(w_old.dtype, np.floating):
             new[key] = w_old.copy()
             continue
-        base = as_tensor(np.asarray(w_old, dtype=np.float32))
+        base = np.asarray(w_old, dtype=np.float32)
         sums = _Sums(base, deltas=rule == "ga")
         for u in ordered:
-            sums.add(u.weight, as_tensor(np.asarray(u.weights[key], dtype=np.float32)),
-                     (u.mask or {}).get(key))
+            sums.add(u.weight, np.asarray(u.weights[key], dtype=np.float32), (u.mask or {}).get(key))
         if rule == "fa":
-            out = sums.num / total
+            out = sums.num / np.float32(total)
         elif rule == "ga":
-            out = base + sums.num * (server_lr / total)
+            out = base + sums.num * np.float32(server_lr / total)
         else:
             den = sums.denominator()
-            out = torch.where(den > 0, sums.num / den.clamp_min(torch.finfo(den.dtype).tiny), base)
+            out = np.divide(sums.num, den, out=base.copy(), where=den > 0)
             if rule == "ma_mix":
-                out = mix * out + (1.0 - mix) * base
-        new[key] = out.numpy().astype(w_old.dtype, copy=False)
+                out = np.float32(mix) * out + np.float32(1.0 - mix) * base
+        new[key] = out.astype(w_old.dtype, copy=False)
     return new
 
 

@@ -7,13 +7,31 @@ trainer holds every version once, however many jobs train on it (design principl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Weights = dict[str, np.ndarray]
 Mask = dict[str, np.ndarray]
 MaskKey = tuple[int, float]  # (mask generation, density): jobs with the same key share one mask
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network the clients train: enough to build it anywhere (PyTorch is imported only then)."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    static_bn: bool = False
+
+    def build(self) -> nn.Module:
+        from raypfl.models import build_model
+
+        return build_model(self.name, self.input_shape, self.num_classes, self.static_bn)
 
 
 @dataclass(frozen=True)

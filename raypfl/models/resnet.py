@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from raypfl.models.policy import keep_dense
 
 
 def resnet18(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    # imported here: torchvision.models costs seconds of start-up in every process that only needs the other models
+    from torchvision.models import resnet18 as tv_resnet18
+
     model = tv_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

@@ -13,26 +13,23 @@ import numpy as np
 import ray
 
 from raypfl.config import Config
-from raypfl.fl.distribution import Sizes
-from raypfl.fl.jobs import Weights
 from raypfl.fl.server import Server
-from raypfl.fl.submodels import ModelFacts
-from raypfl.runtime.client import ActorPoolTrainer
+from raypfl.runtime.dispatch import ActorPoolTrainer
 from raypfl.sim.heterogeneity import ClientClass
 
 
 class AggregatorActor:
     def __init__(self, config: dict[str, Any], classes: list[ClientClass], class_index: np.ndarray,
-                 weights: Weights, sizes: Sizes, facts: ModelFacts, actors: list[Any], eligible: list[list[int]],
-                 test_size: int, threads: int, snapshot: dict[str, Any] | None = None,
+                 model_ref: list[ray.ObjectRef], actors: list[Any], eligible: list[list[int]], test_size: int,
+                 snapshot: dict[str, Any] | None = None,
                  versions: dict[int, list[ray.ObjectRef]] | None = None) -> None:
-        import torch
-
+        """`model_ref`: in a list (fetched here, so that this actor starts while a client actor still builds it),
+        the initial model's `raypfl.runtime.training.ModelDescription`."""
         cfg = Config.model_validate(config)
-        torch.set_num_threads(threads)  # aggregation is element-wise: its results do not depend on threads
         self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(class_index[client]),
                                         cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth)
-        self.server = Server(cfg, classes, weights, sizes, facts, self.trainer)
+        model = ray.get(model_ref[0])
+        self.server = Server(cfg, classes, model.weights, model.sizes, model.facts, self.trainer)
         self.trainer.context = lambda: {"virtual_time_s": self.server.state.now, "round": self.server.state.round}
         if snapshot is not None:
             self.adopt_versions(versions or {})

@@ -1,8 +1,10 @@
 """`run_experiment`: load data, start the client pool and the aggregator on Ray, log, write the run directory.
 
-The driver keeps the newest aggregator snapshot (taken at every evaluation) and owns the model versions it
-needs: when the aggregator dies, a new one continues from it and the history does not change (design
-principle 8). Ctrl+C, SIGTERM and a run that cannot go on write that snapshot as a checkpoint first.
+Inputs are checked before anything is started (config, data, run directory); then Ray starts while PyTorch and
+the model load in a thread (`raypfl.runtime.pool`), and MLflow opens its run in another. The driver keeps the
+newest aggregator snapshot (taken at every evaluation) and owns the model versions it needs: when the
+aggregator dies, a new one continues from it and the history does not change (design principle 8). Ctrl+C,
+SIGTERM and a run that cannot go on write that snapshot as a checkpoint first.
 """
 
 from __future__ import annotations
@@ -10,68 +12,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from raypfl.config import Config, load_config, to_yaml
-from raypfl.data import Dataset, load_dataset, partition
+from raypfl.data import partition
+from raypfl.data.datasets import Reader, locate_dataset
 from raypfl.errors import RunFailed, Terminated, UserError
-from raypfl.fl.distribution import SizeModel, Sizes, WidthSizeModel
-from raypfl.fl.jobs import Weights
-from raypfl.fl.slicing import width_plan
-from raypfl.fl.submodels import ModelFacts
-from raypfl.models import dense_size_bytes, prunable_parameters
 from raypfl.report import plot_curves, summary_table, time_to_accuracy, write_history_csv, write_json
-from raypfl.runtime.aggregator import AggregatorActor
-from raypfl.runtime.checkpoint import load_checkpoint, save_checkpoint
-from raypfl.runtime.client import ClientActor, WorkersLost, worker_info
-from raypfl.runtime.training import ModelSpec, layer_flops, to_numpy
-from raypfl.sim.heterogeneity import (
-    ClientClass,
-    assign_workers,
-    client_classes,
-    covers,
-    merged_options,
-    resource_amounts,
-)
-from raypfl.tracking import RunTracker, heterogeneity_tag, tracking_uri
+from raypfl.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from raypfl.sim.heterogeneity import assign_workers, client_classes, covers, merged_options, resource_amounts
+from raypfl.tracking import DEFAULT_URI, RunTracker, heterogeneity_tag, tracking_uri
+
+if TYPE_CHECKING:  # PyTorch-bound: imported when a run starts, while Ray starts
+    from raypfl.runtime.pool import Experiment, Pilot
 
 EvalHook = Callable[[list[dict[str, Any]], Path | None], None]
 
 
-@dataclass
-class Experiment:
-    """Everything a run derives from its config before Ray is involved."""
-
-    cfg: Config
-    dataset: Dataset
-    parts: list[np.ndarray]
-    classes: list[ClientClass]  # one per client
-    class_index: np.ndarray  # per client: its position in `class_counts`
-    class_counts: list[tuple[ClientClass, int]]
-    spec: ModelSpec
-    weights: Weights
-    sizes: Sizes
-    facts: ModelFacts
-
-
-def prepare(cfg: Config) -> Experiment:
-    import torch
-
-    dataset = load_dataset(cfg.data, seed=cfg.experiment.seed)
-    parts = partition(dataset.y_train, cfg.clients.num_clients, cfg.data.partition, cfg.experiment.seed,
-                      writers=dataset.writers)
+def check_inputs(cfg: Config) -> Reader:
+    """What can be checked of a run's inputs before anything starts: the settings that only make sense together
+    and the dataset's files (`raypfl.data.datasets.locate_dataset`). Returns the dataset's reader."""
     for ref in cfg.algorithm.reference_clients:
         if ref >= cfg.clients.num_clients:
             raise UserError(f"invalid value {ref} in 'algorithm.reference_clients': "
@@ -81,24 +52,22 @@ def prepare(cfg: Config) -> Experiment:
             len(set(cfg.algorithm.reference_clients)) > concurrency:
         raise UserError(f"clients.concurrency ({concurrency}) must leave room for the "
                         f"{len(set(cfg.algorithm.reference_clients))} reference clients, which always train")
-    counts = client_classes(cfg.clients)
-    sliced = cfg.algorithm.width.kind != "none"
-    spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes, static_bn=sliced)
-    torch.manual_seed(cfg.experiment.seed)
-    model = spec.build()
-    weights = to_numpy(model)
-    prunable = prunable_parameters(model)
-    flops = layer_flops(model, dataset.input_shape)
-    n_prunable = sum(weights[name].size for name in prunable)
-    plan = width_plan(model) if sliced else None
-    sizes: Sizes = (WidthSizeModel(cfg.network.size_model, plan, cfg.network.model_size_mb) if plan is not None else
-                    SizeModel(cfg.network.size_model, n_prunable, dense_size_bytes(model) // 4 - n_prunable,
-                              cfg.network.model_size_mb))
-    facts = ModelFacts(prunable, {name: flops[name] / weights[name].size for name in prunable},
-                       3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps, plan)
-    class_index = np.repeat(np.arange(len(counts), dtype=np.int16), [n for _, n in counts])
-    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], class_index, counts, spec,
-                      weights, sizes, facts)
+    return locate_dataset(cfg.data, seed=cfg.experiment.seed)
+
+
+def read_inputs(cfg: Config, reader: Reader) -> Experiment:
+    """Load the dataset and partition it over the clients (a partition the data cannot make is a UserError)."""
+    from raypfl.runtime.pool import build_experiment
+
+    dataset = reader()
+    parts = partition(dataset.y_train, cfg.clients.num_clients, cfg.data.partition, cfg.experiment.seed,
+                      writers=dataset.writers)
+    return build_experiment(cfg, dataset, parts)
+
+
+def prepare(cfg: Config) -> Experiment:
+    """Everything a run derives from its config and data before Ray is involved."""
+    return read_inputs(cfg, check_inputs(cfg))
 
 
 def connect_ray(cfg: Config) -> bool:
@@ -109,26 +78,42 @@ def connect_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance: no token file, no warning
-    # every process of the job resolves the MLflow URI the same way (platform notes: MLflow on several nodes),
-    # unless a submitted job already sets it (Ray refuses two values for one variable)
-    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
-    runtime_env = {} if "MLFLOW_TRACKING_URI" in (job_env.get("env_vars") or {}) else {
-        "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri(cfg)}}
     try:
         if address:
+            # every process of the job resolves the MLflow URI the same way (platform notes: MLflow on several
+            # nodes), unless a submitted job already sets it (Ray refuses two values for one variable)
+            job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+            runtime_env = {} if "MLFLOW_TRACKING_URI" in (job_env.get("env_vars") or {}) else {
+                "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri(cfg)}}
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         else:
-            import torch
-
-            gpus = torch.cuda.device_count() or cfg.runtime.logical_gpus
-            ray.init(num_gpus=gpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                     runtime_env=runtime_env, logging_level=logging.WARNING)
+            # A private local instance: no token file (and no warning about it), no runtime environment, so that
+            # the client actors start in the worker processes Ray has already started
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(num_gpus=_local_gpus(cfg), include_dashboard=False, dashboard_host="127.0.0.1",
+                     log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UserError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None
     return True
+
+
+def _local_gpus(cfg: Config) -> int:
+    """The machine's GPUs (nvidia-smi, without importing PyTorch), else `runtime.logical_gpus` logical ones."""
+    import shutil
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = len([d for d in visible.split(",") if d.strip()])
+        return count or cfg.runtime.logical_gpus
+    if shutil.which("nvidia-smi"):
+        with suppress(OSError, subprocess.SubprocessError):
+            listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+            count = sum(line.startswith("GPU ") for line in listing.splitlines())
+            if count:
+                return count
+    return cfg.runtime.logical_gpus
 
 
 def default_num_workers(cfg: Config) -> int:
@@ -173,50 +158,6 @@ def bundle(options: dict[str, Any]) -> dict[str, float]:
     return resource_amounts(options) or {"CPU": 0.01}
 
 
-def start_pool(exp: Experiment, group: Any = None) -> tuple[list[Any], list[list[int]], Any]:
-    """Create the client actors, each with the resource request of the classes it serves; inside a placement
-    group (a Tune trial's), actor i takes bundle i + 1. They restart when their process dies: the caller keeps
-    the dataset's object (the third value) alive for them."""
-    import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    cfg = exp.cfg
-    options, eligible = worker_options(cfg, cfg.runtime.num_workers or default_num_workers(cfg))
-    if group is None:
-        check_schedulable(options)
-    data = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train, "parts": exp.parts,
-                    "x_test": exp.dataset.x_test, "y_test": exp.dataset.y_test})
-    remote = ray.remote(ClientActor)
-    actors = []
-    for worker, opts in enumerate(options):
-        opts = {**opts, "max_restarts": cfg.runtime.max_restarts}
-        if group is not None:
-            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, worker + 1)
-        actors.append(remote.options(**opts).remote(exp.spec, [data], cfg.training, cfg.experiment.seed,
-                                                    cfg.data.augment, cfg.runtime.device,
-                                                    cfg.runtime.threads_per_worker))
-    return actors, eligible, data
-
-
-def describe_workers(exp: Experiment, infos: list[dict[str, Any]],
-                     eligible: list[list[int]]) -> list[dict[str, Any]]:
-    """Where each client actor ran: the classes it may train, node (and that node's custom resources), device,
-    GPU ids and the local steps it ran."""
-    import ray
-
-    system = ("CPU", "GPU", "memory", "object_store_memory")
-    pools = {n["NodeID"]: sorted(k for k in n["Resources"]
-                                 if k not in system and not k.startswith(("node:", "accelerator_type:")))
-             for n in ray.nodes()}
-    out = []
-    for worker, info in enumerate(infos):
-        classes = [exp.class_counts[k][0].name for k, workers in enumerate(eligible) if worker in workers]
-        out.append({"worker": worker, "classes": classes, "node": info["node"],
-                    "node_resources": pools.get(info["node"], []), "device": info["device"],
-                    "gpu_ids": info["gpu_ids"], "local_steps": info["steps"]})
-    return out
-
-
 def _run_name(cfg: Config) -> str:
     return f"{cfg.algorithm.name}-{cfg.data.dataset}-s{cfg.experiment.seed}-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -252,31 +193,53 @@ def _sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Tracking:
-    """The MLflow run, opened in a background thread (MLflow's import and database set-up take seconds that
-    the run needs not wait for); every use waits for it."""
+class _Background:
+    """A call run in a daemon thread; `get` waits for its value (or raises its error)."""
 
-    def __init__(self, cfg: Config, run_name: str, run_id: str | None, parent_run_id: str | None,
-                 marker: Path) -> None:
-        self._tracker: RunTracker | None = None
+    def __init__(self, name: str, call: Callable[[], Any]) -> None:
+        self._value: Any = None
         self._error: BaseException | None = None
 
-        def open_run() -> None:
+        def run() -> None:
             try:
-                self._tracker = RunTracker(cfg, run_name, run_id, parent_run_id)
-                marker.write_text(self._tracker.run_id)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self._value = call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller of get()
                 self._error = exc
 
-        self._thread = threading.Thread(target=open_run, name="mlflow", daemon=True)
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
-    def get(self) -> RunTracker:
+    def get(self) -> Any:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        assert self._tracker is not None
-        return self._tracker
+        return self._value
+
+
+def _open_tracking(cfg: Config, run_name: str, run_id: str | None, parent_run_id: str | None,
+                   run_dir: Path) -> RunTracker:
+    tracker = RunTracker(cfg, run_name, run_id, parent_run_id)
+    (run_dir / "mlflow_run_id").write_text(tracker.run_id)
+    return tracker
+
+
+def check_job_locations(cfg: Config) -> None:
+    """Inside a Ray job the working directory is a temporary copy that vanishes with the job: outputs written to
+    a relative path would vanish with it."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    if not Path(cfg.experiment.output_dir).is_absolute():
+        raise UserError(f"inside a Ray job, experiment.output_dir ({cfg.experiment.output_dir!r}) must be an absolute "
+                        "path on storage that outlives the job (the job's working directory is a temporary copy)")
+    if cfg.tracking.enabled:
+        uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+        path = uri.removeprefix("sqlite:///").removeprefix("file://") if uri.startswith(("sqlite:///", "file://")) \
+            else (uri if "://" not in uri else None)  # a server (http://...) or a database elsewhere is fine
+        if path is not None and not Path(path).is_absolute():
+            raise UserError(f"inside a Ray job, the MLflow tracking URI {uri!r} would point into the job's temporary "
+                            "working directory: set MLFLOW_TRACKING_URI (e.g. an MLflow server, see "
+                            "cluster/mlflow_server.sh) or tracking.uri to an absolute location, or "
+                            "tracking.enabled=false")
 
 
 def run_experiment(cfg: Config | None = None, output: str | Path | None = None, resume: str | Path | None = None,
@@ -299,13 +262,14 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
             console.print(f"run {run_dir} has already finished (final accuracy "
                           f"{100 * result['final_accuracy']:.2f} %): nothing to resume")
             return result
-        checkpoint = run_dir / "checkpoints" / "latest.pt"
-        if checkpoint.is_file():
-            snapshot = load_checkpoint(checkpoint)
+        if (run_dir / CHECKPOINT).is_file():
+            snapshot = load_checkpoint(run_dir / CHECKPOINT)
         marker = run_dir / "mlflow_run_id"
         run_id = marker.read_text().strip() if marker.is_file() else None
     assert cfg is not None
-    exp = prepare(cfg)
+    check_job_locations(cfg)
+    timing = {"process_started_at": _process_start()}
+    reader = check_inputs(cfg)
     if resume is None:
         run_name = _run_name(cfg)
         run_dir = Path(output) if output is not None else Path(cfg.experiment.output_dir) / cfg.experiment.name / \
@@ -314,38 +278,67 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     else:
         run_name = run_dir.name
-    tracking = _Tracking(cfg, run_name, run_id, parent_run_id, run_dir / "mlflow_run_id") \
-        if cfg.tracking.enabled else None
     with _sigterm_stops():
-        return _run(exp, run_dir, snapshot, tracking, console, on_eval, placement_group)
+        inputs = _Background("inputs", lambda: read_inputs(cfg, reader))  # the data loads while Ray starts
+        open_tracking = (lambda: _open_tracking(cfg, run_name, run_id, parent_run_id, run_dir)) \
+            if cfg.tracking.enabled else None
+        try:
+            return _run(cfg, inputs, run_dir, snapshot, open_tracking, console, on_eval, placement_group, timing)
+        except UserError:
+            if resume is None:  # bad input found while starting: leave nothing behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
-def _run(exp: Experiment, run_dir: Path, snapshot: dict[str, Any] | None, tracking: _Tracking | None,
-         console: Console, on_eval: EvalHook | None, placement_group: Any) -> dict[str, Any]:
+def _process_start() -> float:
+    """When this process started (wall clock, from Linux's /proc; elsewhere: now): start-up is measured from there."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, Any] | None,
+         open_tracking: Callable[[], RunTracker] | None, console: Console, on_eval: EvalHook | None,
+         placement_group: Any, timing: dict[str, float]) -> dict[str, Any]:
     import ray
 
-    cfg = exp.cfg
+    from raypfl.runtime.client import worker_info
+    from raypfl.runtime.pool import Pilot, describe_workers, start_pool
+
     started_ray = False
     actors: list[Any] = []
-    pilot: _Pilot | None = None
+    pilot: Pilot | None = None
+    tracking: _Background | None = None
     status = "FAILED"
     try:
         started_ray = connect_ray(cfg)
-        actors, eligible, _data = start_pool(exp, placement_group)
-        pilot = _Pilot(exp, actors, eligible, placement_group, snapshot, run_dir)
-        tracker = tracking.get() if tracking is not None else None
-        history = _drive(cfg, pilot, tracker, run_dir, console, on_eval)
-        simulated_at = time.time()
+        timing["ray_ready_at"] = time.time()
+        exp: Experiment = inputs.get()
+        timing["inputs_loaded_at"] = time.time()
+        options, eligible = worker_options(cfg, cfg.runtime.num_workers or default_num_workers(cfg))
+        if placement_group is None:
+            check_schedulable(options)
+        actors, _data = start_pool(exp, options, placement_group)
+        pilot = Pilot(exp, actors, eligible, placement_group, snapshot, run_dir)
+        timing["actors_created_at"] = time.time()
+        if open_tracking is not None:  # MLflow sets up while the actors start
+            tracking = _Background("mlflow", open_tracking)
+        history, tracker = _drive(cfg, pilot, tracking, run_dir, console, on_eval)
+        timing["simulated_at"] = time.time()
         summary = pilot.summary()
         infos = worker_info(actors)
         result = _result(cfg, history, summary, run_dir, tracker)
         result["faults"] = pilot.faults()
         result["workers"] = describe_workers(exp, infos, eligible)
         steps = [i["first_step_at"] for i in infos if i.get("first_step_at")]
-        result["timing"] = {"first_step_at": min(steps) if steps else None, "simulated_at": simulated_at}
+        result["timing"] = {**timing, "first_step_at": min(steps) if steps else None}
         write_json(run_dir / "result.json", result)
-        write_history_csv(run_dir / "history.csv", history, exp.class_index, [k.name for k, _ in exp.class_counts])
         names = [k.name for k, _ in exp.class_counts]
+        write_history_csv(run_dir / "history.csv", history, exp.class_index, names)
         plot_curves(run_dir / "curves.png", history, f"{cfg.algorithm.name} · {cfg.data.dataset} · "
                     f"{heterogeneity_tag(cfg)} heterogeneity · seed {cfg.experiment.seed}",
                     summary["density_changes"], (exp.class_index, names))
@@ -376,115 +369,20 @@ def _run(exp: Experiment, run_dir: Path, snapshot: dict[str, Any] | None, tracki
             ray.shutdown()
 
 
-def _save_latest(pilot: _Pilot | None, run_dir: Path, console: Console, how: str) -> None:
+def _save_latest(pilot: Pilot | None, run_dir: Path, console: Console, how: str) -> None:
     if pilot is None or pilot.latest is None:
         return
-    save_checkpoint(run_dir / "checkpoints" / "latest.pt", pilot.materialise())
+    save_checkpoint(run_dir / CHECKPOINT, pilot.materialise())
     console.print(f"run {how} at round {pilot.latest['scalars']['round']}: continue it with "
                   f"'raypfl run --resume {run_dir}'")
 
 
-class _Pilot:
-    """The driver's side of the aggregator: creates it, keeps its newest snapshot and rebuilds it from that
-    snapshot when it dies."""
+def _drive(cfg: Config, pilot: Pilot, tracking: _Background | None, run_dir: Path, console: Console,
+           on_eval: EvalHook | None) -> tuple[list[dict[str, Any]], RunTracker | None]:
+    """Pull evaluations from the aggregator until the budget is spent: progress, MLflow, checkpoints. The
+    aggregator is already on its way to the next evaluation while one is logged and saved."""
+    from raypfl.runtime.dispatch import WorkersLost
 
-    def __init__(self, exp: Experiment, actors: list[Any], eligible: list[list[int]], group: Any,
-                 snapshot: dict[str, Any] | None, run_dir: Path) -> None:
-        import ray
-
-        self.exp = exp
-        self.actors = actors
-        self.eligible = eligible
-        self.group = group
-        self.run_dir = run_dir
-        self.latest: dict[str, Any] | None = None  # newest snapshot, its versions as driver-owned refs
-        self.versions: dict[int, Any] = {}
-        self.rebuilds = 0
-        self.lost_faults: list[dict[str, Any]] = []  # faults recorded by aggregators that have since died
-        if snapshot is not None:
-            self.versions = {int(v): ray.put(w) for v, w in snapshot.pop("versions").items()}
-            self.lost_faults = list(snapshot.pop("faults", []))  # from before the run was resumed
-            self.latest = snapshot
-        self.aggregator = self._start()
-
-    def _start(self) -> Any:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        cfg = self.exp.cfg
-        options: dict[str, Any] = {"num_cpus": 0}
-        if self.group is not None:
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.group, 0)
-        return ray.remote(AggregatorActor).options(**options).remote(
-            cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, self.exp.weights, self.exp.sizes,
-            self.exp.facts, self.actors, self.eligible, len(self.exp.dataset.y_test),
-            max(2, cfg.runtime.threads_per_worker), self.latest, {v: [r] for v, r in self.versions.items()})
-
-    def step(self) -> dict[str, Any]:
-        """The next evaluation; the aggregator is rebuilt from the newest snapshot as often as it dies."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        while True:
-            try:
-                step = ray.get(self.aggregator.run_until_eval.remote())
-                self._take_snapshot()
-                return step
-            except RayActorError as exc:
-                self.rebuilds += 1
-                where = self.latest["scalars"] if self.latest is not None else {"now": 0.0, "round": 0}
-                self.lost_faults.append({"virtual_time_s": float(where["now"]), "round": int(where["round"]),
-                                         "worker": "aggregator", "kind": "aggregator",
-                                         "what": f"{type(exc).__name__}: rebuilt from the latest snapshot"})
-                if self.rebuilds > self.exp.cfg.runtime.max_restarts:
-                    raise RunFailed(f"the aggregator died {self.rebuilds} times") from None
-                if self.latest is not None:  # what the dead one had reported by its last snapshot
-                    self.lost_faults.extend(self.latest.pop("faults", []))
-                self.aggregator = self._start()
-
-    def _take_snapshot(self) -> None:
-        """The aggregator's state now; versions it needs become driver-owned objects (no second copy)."""
-        import ray
-
-        snap = ray.get(self.aggregator.snapshot.remote())
-        held = [int(v) for v in snap.pop("held_versions")]
-        new = [v for v in held if v not in self.versions]
-        if new:
-            refs = self.aggregator.export_versions.options(num_returns=len(new)).remote(new)
-            refs = [refs] if len(new) == 1 else list(refs)
-            self.versions.update(zip(new, refs, strict=True))
-            ray.get(self.aggregator.adopt_versions.remote({v: [r] for v, r in zip(new, refs, strict=True)}))
-        self.versions = {v: self.versions[v] for v in held}
-        snap["faults"] = ray.get(self.aggregator.faults.remote())
-        self.latest = snap
-
-    def materialise(self) -> dict[str, Any]:
-        """The newest snapshot with its versions' weights and every fault so far, for a checkpoint on disk."""
-        import ray
-
-        assert self.latest is not None
-        return {**self.latest, "faults": [*self.lost_faults, *self.latest.get("faults", [])],
-                "versions": {str(v): ray.get(r) for v, r in self.versions.items()}}
-
-    def summary(self) -> dict[str, Any]:
-        import ray
-
-        return ray.get(self.aggregator.summary.remote())
-
-    def faults(self) -> list[dict[str, Any]]:
-        import ray
-
-        return [*self.lost_faults, *ray.get(self.aggregator.faults.remote())]
-
-    def stop(self) -> None:
-        import ray
-
-        ray.kill(self.aggregator)
-
-
-def _drive(cfg: Config, pilot: _Pilot, tracker: RunTracker | None, run_dir: Path, console: Console,
-           on_eval: EvalHook | None) -> list[dict[str, Any]]:
-    """Pull evaluations from the aggregator until the budget is spent: progress, MLflow, checkpoints."""
     budget = cfg.budget.virtual_time_s
     history: list[dict[str, Any]] = list(pilot.latest["history"]) if pilot.latest is not None else []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(),
@@ -492,15 +390,19 @@ def _drive(cfg: Config, pilot: _Pilot, tracker: RunTracker | None, run_dir: Path
                TextColumn("round {task.fields[round]} · acc {task.fields[acc]} · in flight {task.fields[flight]}"),
                TimeElapsedColumn()]
     evals = 0
+    pilot.submit()
+    tracker = tracking.get() if tracking is not None else None  # MLflow's run opens while the aggregator runs
     with Progress(*columns, console=console, transient=False) as progress:
         start = history[-1]["virtual_time_s"] if history else 0.0
         task = progress.add_task(cfg.algorithm.name, total=budget, completed=start, round="-", acc="-",
                                  flight="-")
         while True:
             try:
-                step = pilot.step()
+                step = pilot.collect()
             except WorkersLost as exc:  # raised in the aggregator: Ray's error is a WorkersLost too
                 raise RunFailed(str(exc).strip().splitlines()[-1].removeprefix("WorkersLost: ")) from None
+            if not step["done"]:
+                pilot.submit()
             record = step["record"]
             new = not history or history[-1]["round"] != record["round"] or \
                 history[-1]["virtual_time_s"] != record["virtual_time_s"]
@@ -514,12 +416,12 @@ def _drive(cfg: Config, pilot: _Pilot, tracker: RunTracker | None, run_dir: Path
             every = cfg.runtime.checkpoint_every
             saved = None
             if every and (evals % every == 0 or step["done"]):
-                saved = run_dir / "checkpoints"
-                save_checkpoint(saved / "latest.pt", pilot.materialise())
+                saved = (run_dir / CHECKPOINT).parent
+                save_checkpoint(run_dir / CHECKPOINT, pilot.materialise())
             if on_eval is not None and (new or saved is not None):
                 on_eval(history, saved)
             if step["done"]:
-                return history
+                return history, tracker
 
 
 def _result(cfg: Config, history: list[dict[str, Any]], summary: dict[str, Any], run_dir: Path,

@@ -8,29 +8,51 @@ what makes a run independent of how many actors there are.
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
-from raypfl.config import TrainingConfig
-from raypfl.fl.aggregation import as_tensor, compact
-from raypfl.fl.jobs import Mask, TrainJob, TrainResult, Weights
-from raypfl.fl.slicing import OrderedDropout, WidthPlan, extract, indices_from_mask, narrow_model, width_plan
-from raypfl.models import build_model, prunable_parameters
+from raypfl.config import Config, TrainingConfig
+from raypfl.data.datasets import canonical
+from raypfl.fl.aggregation import compact
+from raypfl.fl.distribution import SizeModel, Sizes, WidthSizeModel
+from raypfl.fl.evaluation import summarise_batches
+from raypfl.fl.jobs import Mask, ModelSpec, TrainJob, TrainResult, Weights
+from raypfl.fl.slicing import WidthPlan, extract, indices_from_mask
+from raypfl.fl.submodels import ModelFacts
+from raypfl.models import dense_size_bytes, prunable_parameters
+from raypfl.models.width import OrderedDropout, narrow_model, width_plan
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    static_bn: bool = False
+class ModelDescription:
+    """The initial global model and what the server needs to know of it."""
 
-    def build(self) -> nn.Module:
-        return build_model(self.name, self.input_shape, self.num_classes, self.static_bn)
+    weights: Weights
+    sizes: Sizes
+    facts: ModelFacts
+
+
+def describe_model(cfg: Config, spec: ModelSpec) -> ModelDescription:
+    """Build the initial model (from the experiment's seed) and measure it: sizes on the wire, FLOPs per weight
+    and per local round, which weights may be pruned, the width plan of width-sliced methods."""
+    torch.manual_seed(cfg.experiment.seed)
+    model = spec.build()
+    weights = to_numpy(model)
+    prunable = prunable_parameters(model)
+    flops = layer_flops(model, spec.input_shape)
+    n_prunable = sum(weights[name].size for name in prunable)
+    plan = width_plan(model) if cfg.algorithm.width.kind != "none" else None
+    sizes: Sizes = (WidthSizeModel(cfg.network.size_model, plan, cfg.network.model_size_mb) if plan is not None else
+                    SizeModel(cfg.network.size_model, n_prunable, dense_size_bytes(model) // 4 - n_prunable,
+                              cfg.network.model_size_mb))
+    facts = ModelFacts(prunable, {name: flops[name] / weights[name].size for name in prunable},
+                       3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps, plan)
+    return ModelDescription(weights, sizes, facts)
 
 
 def pick_device(preference: str) -> torch.device:
@@ -38,6 +60,13 @@ def pick_device(preference: str) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a numpy array (no copy); arrays from Ray's object store are read-only, and stay unwritten."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array))
 
 
 def to_numpy(model: nn.Module) -> Weights:
@@ -83,6 +112,38 @@ def loss_fn(kind: str, num_classes: int):  # noqa: ANN201 - a torch loss callabl
     return nn.CrossEntropyLoss()
 
 
+class SGD:
+    """Plain SGD with momentum and weight decay, step for step what `torch.optim.SGD` computes (its single-tensor
+    path: the same operations in the same order, so the same floats). Written out because constructing any
+    `torch.optim` optimizer first imports `torch._dynamo`, a second of start-up in every worker process."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = params
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            grad = p.grad
+            if self.weight_decay != 0:
+                grad = grad.add(p, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                grad = buf
+            p.add_(grad, alpha=-self.lr)
+
+
 class ClientTrainer:
     """Trains jobs of many virtual clients on one resident model (one per process): every job loads its
     version into the model's parameters in place, so nothing per job costs more than the training itself.
@@ -94,13 +155,18 @@ class ClientTrainer:
     def __init__(self, spec: ModelSpec, x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
                  training: TrainingConfig, seed: int, augment_data: bool = False, device: str = "auto",
                  x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
-                 copy_results: bool = True) -> None:
+                 copy_results: bool = True, channels_last: bool = True) -> None:
         self.spec = spec
         self.device = pick_device(device)
         self.model = spec.build().to(self.device)
-        self.x = as_tensor(x)
+        # On the CPU, convolutions and max-pooling run markedly faster in channels-last layout (oneDNN)
+        conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        self.layout = torch.channels_last if channels_last and conv and self.device.type == "cpu" else \
+            torch.contiguous_format
+        self.model = self.model.to(memory_format=self.layout)
+        self.x = as_tensor(canonical(x))
         self.y = as_tensor(y)
-        self.x_test = as_tensor(x_test) if x_test is not None else None
+        self.x_test = as_tensor(canonical(x_test)) if x_test is not None else None
         self.y_test = as_tensor(y_test) if y_test is not None else None
         self.parts = parts
         self.training = training
@@ -118,11 +184,8 @@ class ClientTrainer:
         if job.sliced:
             return self._train_sliced(job, weights)
         load_numpy(self.model, weights)
-        masked = self._mask(job.mask)
-        loss, count = self._fit(self.model, job)
+        loss, count = self._fit(self.model, job, masks=self._masks(job.mask))
         grads = self._squared_grads(count, job.mask) if job.want_grads else None
-        for module in masked:
-            prune.remove(module, "weight")  # weight = weight_orig ⊙ mask: exact zeros outside the mask
         score = self.score(self.model, job.score_samples) if job.score_samples else None
         return TrainResult(client=job.client, version=job.version, cycle=job.cycle,
                            weights=self._compact(self.model, job.mask), n_samples=count, loss=loss, mask=job.mask,
@@ -155,24 +218,31 @@ class ClientTrainer:
         shapes = tuple(tuple(v.shape) for v in narrow.values())
         model = self._narrow.get(shapes)
         if model is None:
-            model = self._narrow[shapes] = narrow_model(self.model, narrow)
+            model = self._narrow[shapes] = narrow_model(self.model, narrow).to(memory_format=self.layout)
         else:
             load_numpy(model, narrow)
         return model
 
     def _state(self, model: nn.Module) -> Weights:
-        return {k: v.detach().cpu().numpy().copy() if self.copy_results else v.detach().cpu().numpy()
-                for k, v in model.state_dict().items()}
+        """The model's tensors as C-ordered numpy arrays (channels-last ones are copied into C order)."""
+        out = {}
+        for k, v in model.state_dict().items():
+            v = v.detach().cpu()
+            out[k] = v.contiguous().numpy() if not v.is_contiguous() else \
+                (v.numpy().copy() if self.copy_results else v.numpy())
+        return out
 
     def _compact(self, model: nn.Module, mask: Mask | None) -> Weights:
         state = self._state(model)
         return state if not mask else compact(state, mask)
 
-    def _fit(self, model: nn.Module, job: TrainJob, dropout: OrderedDropout | None = None) -> tuple[float, int]:
-        """The local steps of a job on `model`; (mean training loss, samples seen)."""
+    def _fit(self, model: nn.Module, job: TrainJob, dropout: OrderedDropout | None = None,
+             masks: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> tuple[float, int]:
+        """The local steps of a job on `model`; (mean training loss, samples seen). `masks`: (parameter, mask)
+        pairs whose gradients are masked before every step."""
         t = self.training
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = SGD(list(model.parameters()), lr=job.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         count = job.local_steps * t.batch_size
         idx = torch.from_numpy(cycle_indices(self.parts[job.client], self.seed, job.client, job.cycle, count))
         job_seed = int(np.random.default_rng([self.seed, 5, job.client, job.cycle]).integers(2**62))
@@ -188,10 +258,12 @@ class ClientTrainer:
             xb, yb = self.x[batch], self.y[batch]
             if self.augment:
                 xb = augment(xb, generator)
-            xb, yb = xb.to(self.device), yb.to(self.device)
-            optimizer.zero_grad(set_to_none=True)
+            xb, yb = xb.to(self.device).contiguous(memory_format=self.layout), yb.to(self.device)
+            optimizer.zero_grad()
             loss = self.loss(model(xb), yb)
             loss.backward()
+            for param, keep in masks:
+                param.grad.mul_(keep)
             if t.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
             optimizer.step()
@@ -199,23 +271,28 @@ class ClientTrainer:
         self.steps += job.local_steps
         return float(np.mean(losses.tolist())), count
 
-    def _mask(self, mask: Mask | None) -> list[nn.Module]:
-        """Re-parametrise the masked layers (torch.nn.utils.prune): the forward pass uses weight_orig ⊙ mask,
-        so gradients, momentum and updates never reach a weight outside the mask."""
-        modules = []
+    def _masks(self, mask: Mask | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Zero every masked weight outside its mask, in place; `_fit` masks the gradients too, so weight decay and
+        momentum never move a weight outside the mask either. This is what `torch.nn.utils.prune`'s
+        re-parametrisation (weight_orig ⊙ mask) computes, but its `remove` replaces a layer's weight by a new
+        tensor whose memory layout can differ from the original's, which changes the next job's rounding."""
+        pairs = []
         for name, keep in (mask or {}).items():
-            module = self.model.get_submodule(name.removesuffix(".weight"))
-            prune.custom_from_mask(module, "weight", as_tensor(keep).to(self.device))
-            modules.append(module)
-        return modules
+            param = self.model.get_parameter(name)
+            keep_t = as_tensor(keep).to(self.device, dtype=param.dtype)
+            if keep_t.dim() == 4:
+                keep_t = keep_t.contiguous(memory_format=self.layout)
+            with torch.no_grad():
+                param.mul_(keep_t)
+            pairs.append((param, keep_t))
+        return pairs
 
     def _squared_grads(self, n_samples: int, mask: Mask | None) -> dict[str, np.ndarray]:
         """(∇W)² · n of the last local step for every prunable layer (PR-FL's gradient importance), compact:
         outside its mask a weight has no gradient."""
         out = {}
         for name in self.prunable:
-            module = self.model.get_submodule(name.removesuffix(".weight"))
-            param = getattr(module, "weight_orig", module.weight)
+            param = self.model.get_parameter(name)
             if param.grad is not None:
                 out[name] = (param.grad.detach().cpu().numpy() ** 2) * n_samples
         return compact(out, mask) if mask else out
@@ -236,7 +313,8 @@ class ClientTrainer:
         out = []
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
-            xb, yb = self.x_test[lo:hi].to(self.device), self.y_test[lo:hi].to(self.device)
+            xb = self.x_test[lo:hi].to(self.device).contiguous(memory_format=self.layout)
+            yb = self.y_test[lo:hi].to(self.device)
             logits = model(xb)
             out.append((int((logits.argmax(1) == yb).sum()), float(self.loss(logits, yb)) * len(yb)))
         return out
@@ -246,22 +324,6 @@ class ClientTrainer:
         from 0, so that any split of the test set over workers sums to the same numbers)."""
         load_numpy(self.model, weights)
         return self.evaluate_batches(self.model, start, stop, self.training.eval_batch_size)
-
-
-def eval_splits(samples: int, batch_size: int, parts: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges that split `samples` test samples over `parts` workers at batch boundaries."""
-    batches = -(-samples // batch_size)
-    per = -(-batches // max(1, parts))
-    return [(b * batch_size, min(samples, (b + per) * batch_size)) for b in range(0, batches, per)]
-
-
-def summarise_batches(batches: list[tuple[int, float]], samples: int) -> tuple[float, float]:
-    """(accuracy, mean loss) from per-batch (correct, summed loss), the losses added in batch order."""
-    correct, total_loss = 0, 0.0
-    for right, loss in batches:
-        correct += right
-        total_loss += loss
-    return correct / samples, total_loss / samples
 
 
 class InProcessTrainer:

@@ -1,0 +1,167 @@
+"""The Ray side of a run: the client pool, the initial model (described by a client actor, so that the driver
+never imports PyTorch) and the aggregator's pilot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from raypfl.config import Config
+from raypfl.data import Dataset
+from raypfl.errors import RunFailed
+from raypfl.fl.jobs import ModelSpec
+from raypfl.runtime.aggregator import AggregatorActor
+from raypfl.runtime.client import ClientActor
+from raypfl.sim.heterogeneity import ClientClass, client_classes
+
+
+@dataclass
+class Experiment:
+    """Everything a run derives from its config and data before Ray is involved."""
+
+    cfg: Config
+    dataset: Dataset
+    parts: list[np.ndarray]
+    classes: list[ClientClass]  # one per client
+    class_index: np.ndarray  # per client: its position in `class_counts`
+    class_counts: list[tuple[ClientClass, int]]
+    spec: ModelSpec
+
+
+def build_experiment(cfg: Config, dataset: Dataset, parts: list[np.ndarray]) -> Experiment:
+    """Every client's class, and the network the clients train."""
+    counts = client_classes(cfg.clients)
+    spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes,
+                     static_bn=cfg.algorithm.width.kind != "none")
+    class_index = np.repeat(np.arange(len(counts), dtype=np.int16), [n for _, n in counts])
+    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], class_index, counts, spec)
+
+
+def start_pool(exp: Experiment, options: list[dict[str, Any]], group: Any = None) -> tuple[list[Any], Any]:
+    """Create the client actors with their Ray `options`; inside a placement group (a Tune trial's), actor i takes
+    bundle i + 1. They restart when their process dies: the caller keeps the dataset's object (the second value)
+    alive for them."""
+    cfg = exp.cfg
+    data = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train, "parts": exp.parts,
+                    "x_test": exp.dataset.x_test, "y_test": exp.dataset.y_test})
+    remote = ray.remote(ClientActor)
+    actors = []
+    for worker, opts in enumerate(options):
+        opts = {**opts, "max_restarts": cfg.runtime.max_restarts}
+        if group is not None:
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, worker + 1)
+        actors.append(remote.options(**opts).remote(exp.spec, [data], cfg.training, cfg.experiment.seed,
+                                                    cfg.data.augment, cfg.runtime.device,
+                                                    cfg.runtime.threads_per_worker))
+    return actors, data
+
+
+def describe_workers(exp: Experiment, infos: list[dict[str, Any]],
+                     eligible: list[list[int]]) -> list[dict[str, Any]]:
+    """Where each client actor ran: the classes it may train, node (and that node's custom resources), device,
+    GPU ids and the local steps it ran."""
+    system = ("CPU", "GPU", "memory", "object_store_memory")
+    pools = {n["NodeID"]: sorted(k for k in n["Resources"]
+                                 if k not in system and not k.startswith(("node:", "accelerator_type:")))
+             for n in ray.nodes()}
+    out = []
+    for worker, info in enumerate(infos):
+        classes = [exp.class_counts[k][0].name for k, workers in enumerate(eligible) if worker in workers]
+        out.append({"worker": worker, "classes": classes, "node": info["node"],
+                    "node_resources": pools.get(info["node"], []), "device": info["device"],
+                    "gpu_ids": info["gpu_ids"], "local_steps": info["steps"]})
+    return out
+
+
+class Pilot:
+    """The driver's side of the aggregator: creates it, keeps its newest snapshot and rebuilds it from that
+    snapshot when it dies."""
+
+    def __init__(self, exp: Experiment, actors: list[Any], eligible: list[list[int]], group: Any,
+                 snapshot: dict[str, Any] | None, run_dir: Path) -> None:
+        self.exp = exp
+        self.model = actors[0].describe_model.remote(exp.cfg.model_dump(mode="json"))
+        self.actors = actors
+        self.eligible = eligible
+        self.group = group
+        self.run_dir = run_dir
+        self.latest: dict[str, Any] | None = None  # newest snapshot, its versions as driver-owned refs
+        self.versions: dict[int, Any] = {}
+        self.rebuilds = 0
+        self.lost_faults: list[dict[str, Any]] = []  # faults recorded by aggregators that have since died
+        if snapshot is not None:
+            self.versions = {int(v): ray.put(w) for v, w in snapshot.pop("versions").items()}
+            self.lost_faults = list(snapshot.pop("faults", []))  # from before the run was resumed
+            self.latest = snapshot
+        self.aggregator = self._start()
+
+    def _start(self) -> Any:
+        cfg = self.exp.cfg
+        options: dict[str, Any] = {"num_cpus": 0}
+        if self.group is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.group, 0)
+        return ray.remote(AggregatorActor).options(**options).remote(
+            cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, [self.model], self.actors,
+            self.eligible, len(self.exp.dataset.y_test), self.latest, {v: [r] for v, r in self.versions.items()})
+
+    def submit(self) -> None:
+        """Let the aggregator run to its next evaluation (collect it with `collect`)."""
+        self._pending = self.aggregator.run_until_eval.remote()
+
+    def collect(self) -> dict[str, Any]:
+        """The evaluation asked for by `submit`, with a snapshot of the aggregator taken there; the aggregator is
+        rebuilt from the newest snapshot (and asked again) as often as it dies."""
+        while True:
+            try:
+                step = ray.get(self._pending)
+                self._take_snapshot()
+                return step
+            except RayActorError as exc:
+                self.rebuilds += 1
+                where = self.latest["scalars"] if self.latest is not None else {"now": 0.0, "round": 0}
+                self.lost_faults.append({"virtual_time_s": float(where["now"]), "round": int(where["round"]),
+                                         "worker": "aggregator", "kind": "aggregator",
+                                         "what": f"{type(exc).__name__}: rebuilt from the latest snapshot"})
+                if self.rebuilds > self.exp.cfg.runtime.max_restarts:
+                    raise RunFailed(f"the aggregator died {self.rebuilds} times") from None
+                if self.latest is not None:  # what the dead one had reported by its last snapshot
+                    self.lost_faults.extend(self.latest.pop("faults", []))
+                self.aggregator = self._start()
+                self.submit()
+
+    def _take_snapshot(self) -> None:
+        """The aggregator's state now; versions it needs become driver-owned objects (no second copy)."""
+        snap = ray.get(self.aggregator.snapshot.remote())
+        held = [int(v) for v in snap.pop("held_versions")]
+        new = [v for v in held if v not in self.versions]
+        if new:
+            refs = self.aggregator.export_versions.options(num_returns=len(new)).remote(new)
+            refs = [refs] if len(new) == 1 else list(refs)
+            self.versions.update(zip(new, refs, strict=True))
+            ray.get(self.aggregator.adopt_versions.remote({v: [r] for v, r in zip(new, refs, strict=True)}))
+        self.versions = {v: self.versions[v] for v in held}
+        snap["faults"] = ray.get(self.aggregator.faults.remote())
+        self.latest = snap
+
+    def materialise(self) -> dict[str, Any]:
+        """The newest snapshot with its versions' weights and every fault so far, for a checkpoint on disk."""
+        assert self.latest is not None
+        return {**self.latest, "faults": [*self.lost_faults, *self.latest.get("faults", [])],
+                "versions": {str(v): ray.get(r) for v, r in self.versions.items()}}
+
+    def summary(self) -> dict[str, Any]:
+        return ray.get(self.aggregator.summary.remote())
+
+    def faults(self) -> list[dict[str, Any]]:
+        return [*self.lost_faults, *ray.get(self.aggregator.faults.remote())]
+
+    def stop(self) -> None:
+        ray.kill(self.aggregator)
+
+
