@@ -6,6 +6,8 @@
 #
 #   cluster/local_cluster.sh start [N_WORKERS]   # default 1 worker node; prints the submit address
 #   cluster/local_cluster.sh stop                # stops this cluster only (not other Ray instances)
+#   cluster/local_cluster.sh kill-node K         # kills worker node K at once, as a crashed machine would
+#                                                # (its actors restart on the nodes left)
 #
 # Change with environment variables: CPUS_PER_NODE (1), GPUS_PER_NODE (2, logical), RAY_PORT (6390),
 # RAY_DASHBOARD_PORT (8265), AGENT_PORT (52400: node k's dashboard agent listens on AGENT_PORT + k, so the
@@ -47,8 +49,13 @@ case "${1:-}" in
     pkill -KILL -f -- "$dir" || true
     echo "Ray cluster in $dir stopped"
     ;;
+  kill-node)
+    node="${2:?usage: $0 kill-node K}"
+    pkill -KILL -f -- "$dir-w$node" || true
+    echo "worker node $node of the cluster in $dir killed"
+    ;;
   *)
-    echo "usage: $0 start [N_WORKERS] | stop" >&2
+    echo "usage: $0 start [N_WORKERS] | stop | kill-node K" >&2
     exit 2
     ;;
 esac

@@ -107,6 +107,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from raypfl.tracking import DEFAULT_URI
 
     console = Console()
+    if not console.is_terminal:  # piped or captured: room for the whole table rather than 80 columns
+        console = Console(width=160)
     if bool(args.run_dirs) == bool(args.experiment):
         raise UserError("give either run directories or --experiment NAME")
     if args.sweep and not args.experiment:

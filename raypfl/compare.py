@@ -20,7 +20,7 @@ from rich.table import Table
 
 from raypfl.config import flatten, load_config
 from raypfl.errors import UserError
-from raypfl.report import time_to_accuracy
+from raypfl.report import reported_accuracy, time_to_accuracy
 
 CURVES = ("virtual_time_s", "accuracy", "mean_density", "bytes_up", "bytes_down")
 _NOT_LABELS = ("experiment.seed", "algorithm.name", "algorithm.variant")  # seeds are pooled; the others are the method
@@ -35,12 +35,14 @@ class RunData:
     heterogeneity: str
     seed: int
     targets: list[float]
-    history: list[dict[str, float]]  # per evaluation: the CURVES keys
+    history: list[dict[str, float]]  # per evaluation: the CURVES keys, and cache_accuracy where evaluated
+    report_window: float = 0.1
     swept: dict[str, str] = field(default_factory=dict)  # searched config values other than the seed
+    label: str | None = None  # a sweep's named variant (its runs' experiment.name)
 
     @property
     def group(self) -> tuple[str, str, str]:
-        method = self.algorithm if self.variant == "base" else f"{self.algorithm}+{self.variant}"
+        method = self.label or (self.algorithm if self.variant == "base" else f"{self.algorithm}+{self.variant}")
         if self.swept:
             method += " " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(self.swept.items()))
         return method, self.dataset, self.heterogeneity
@@ -61,8 +63,11 @@ def load_run_dirs(paths: Iterable[str | Path], swept: list[str] | None = None) -
             source=str(run_dir), algorithm=result["algorithm"], variant=flat.get("algorithm.variant", "base"),
             dataset=result["dataset"], heterogeneity=result["heterogeneity"], seed=int(result["seed"]),
             targets=json.loads(flat["budget.target_accuracies"].replace("'", '"')),
-            history=[{k: float(r[k]) for k in CURVES} for r in result["history"]],
-            swept={k: flat[k] for k in swept or [] if k not in _NOT_LABELS and k in flat}))
+            history=[{**{k: float(r[k]) for k in CURVES}, "cache_accuracy": r.get("cache_accuracy")}
+                     for r in result["history"]],
+            swept={k: flat[k] for k in swept or [] if k not in _NOT_LABELS and k in flat},
+            report_window=float(flat.get("budget.report_window", 0.1)),
+            label=flat["experiment.name"] if "variant" in (swept or []) else None))
     return runs
 
 
@@ -101,7 +106,9 @@ def load_mlflow_runs(uri: str, experiment: str, sweep: str | None = None) -> tup
             variant=params.get("algorithm.variant", "base"), dataset=run.data.tags.get("dataset", "?"),
             heterogeneity=run.data.tags.get("heterogeneity", "?"), seed=int(params.get("experiment.seed", 0)),
             targets=json.loads(params.get("budget.target_accuracies", "[]").replace("'", '"')), history=history,
-            swept={k: params[k] for k in swept if k not in _NOT_LABELS and k in params}))
+            swept={k: params[k] for k in swept if k not in _NOT_LABELS and k in params},
+            report_window=float(params.get("budget.report_window", 0.1)),
+            label=params.get("experiment.name") if "variant" in swept else None))
     if not runs:
         raise UserError(f"no finished runs in experiment '{experiment}'" + (f" under sweep '{sweep}'" if sweep else ""))
     return runs, parent_id
@@ -114,14 +121,17 @@ def _run_or_none(client: Any, run_id: str) -> Any:
         return None
 
 
-def _metric_table(client: Any, run_id: str) -> list[dict[str, float]]:
+def _metric_table(client: Any, run_id: str) -> list[dict[str, Any]]:
     """The evaluation records of a run from its metric histories (logged together, one batch per evaluation)."""
     series = {}
     for key in CURVES:
         points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
         series[key] = [m.value for m in points]
     n = min(len(v) for v in series.values())
-    return [{k: series[k][i] for k in CURVES} for i in range(n)]
+    cache = {m.step: m.value for m in client.get_metric_history(run_id, "cache_accuracy")}
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "accuracy"))
+    return [{**{k: series[k][i] for k in CURVES}, "cache_accuracy": cache.get(steps[i]) if i < len(steps) else None}
+            for i in range(n)]
 
 
 def _mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
@@ -147,6 +157,8 @@ def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"method": method, "dataset": dataset, "heterogeneity": heterogeneity,
                                "seeds": ",".join(str(s) for s in sorted({r.seed for r in members})),
                                "runs": len(members),
+                               "reported accuracy (%)": _mean_std(
+                                   [reported_accuracy(r.history, r.report_window)["mean"] for r in members], 100),
                                "final accuracy (%)": _mean_std([r.history[-1]["accuracy"] for r in members], 100)}
         for target in targets:
             reach = [time_to_accuracy(r.history, [target])[f"{target:g}"] for r in members]
@@ -164,7 +176,7 @@ def compare_runs(runs: list[RunData], output: Path, console: Console) -> list[Pa
     rows = summary_rows(runs)
     table = Table(title=f"{len(runs)} runs")
     for column in rows[0]:
-        table.add_column(column, justify="left" if column == "method" else "right")
+        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)

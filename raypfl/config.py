@@ -53,6 +53,15 @@ class PartitionConfig(Section):
     classes_per_client: int = Field(2, ge=1)
     min_samples: int = Field(1, ge=1)
     order: Literal["size_asc", "random"] = "size_asc"
+    # iid only: every client draws this many samples of its own, clients may share samples (a population larger
+    # than the data); null: the samples are split between the clients
+    samples_per_client: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _drawn_samples_are_iid(self) -> PartitionConfig:
+        if self.samples_per_client is not None and self.kind != "iid":
+            raise ValueError("data.partition.samples_per_client applies to the iid partition only")
+        return self
 
 
 class SyntheticConfig(Section):
@@ -178,6 +187,10 @@ class RecoveryConfig(Section):
     time_ladder: list[Density] = [0.05, 0.1, 0.2, 0.5, 1.0]
     rollback: bool = False
     client_eval_samples: int = Field(1000, ge=1)
+    client_eval_every: int = Field(25, ge=1)  # a client's model is scored every this many of its local rounds
+    # the global plateau trigger is fed at least this often per budget: where evaluations are sparser, the server
+    # scores the global model between them too (not recorded); 0: evaluations only
+    min_checks: int = Field(100, ge=0)
 
     @model_validator(mode="after")
     def _points_match_ladder(self) -> RecoveryConfig:
@@ -206,6 +219,9 @@ class AlgorithmConfig(Section):
     reference_clients: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     grace_s: Annotated[float, Field(ge=0.0)]
     server_time_s: Annotated[float, Field(ge=0.0)]
+    # aggregations between refreshes of the sub-models (masks from the global model, FedRolex's window);
+    # null: at every evaluation. Densities that change refresh them at once.
+    refresh_every: int | None = Field(None, ge=1)
     rule: Literal["ma", "ma_mix", "fa", "ga"]
     mixing: Annotated[float, Field(gt=0.0, le=1.0)] | None
     server_lr: Positive
@@ -265,8 +281,13 @@ class BudgetConfig(Section):
     virtual_time_s: Positive = 1200.0
     max_rounds: int | None = Field(None, ge=1)
     eval_every: int = Field(10, ge=1)
+    eval_every_s: Positive | None = None  # evaluate at the first aggregation after every this many virtual s instead
     eval_at_start: bool = True  # also evaluate the initial model (round 0)
     eval_samples: int | None = Field(None, ge=1)
+    # reported accuracy (spec E.5): mean ± std of the evaluations in this last share of the budget
+    report_window: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    # also evaluate the FedAvg of every client's latest upload (spec E.5); null: when every client takes part
+    cache_model: bool | None = None
     target_accuracies: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [0.8, 0.9]
 
 

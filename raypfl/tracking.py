@@ -93,14 +93,19 @@ class RunTracker:
             return
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(record[k]), stamp, int(record["round"])) for k in EVAL_METRICS]
+        if record.get("cache_accuracy") is not None:
+            metrics.append(Metric("cache_accuracy", float(record["cache_accuracy"]), stamp, int(record["round"])))
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_summary(self, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        keys = ("final_accuracy", "best_accuracy", "client_updates", "rounds")
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(result[k]), stamp, 0) for k in keys])
+        keys = ("final_accuracy", "best_accuracy", "reported_accuracy", "reported_accuracy_std", "client_updates",
+                "rounds")
+        metrics = [Metric(k, float(result[k]), stamp, 0) for k in keys]
+        metrics.append(Metric("faults", float(len(result.get("faults", []))), stamp, 0))  # the list: result.json
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_artifacts(self, paths: list[Path]) -> None:
         for path in paths:

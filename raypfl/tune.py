@@ -23,11 +23,12 @@ from rich.table import Table
 
 from raypfl.config import Config, Section, Text, apply_override, load_config, parse_override, read_yaml, to_yaml
 from raypfl.errors import UserError
+from raypfl.report import reported_accuracy
 from raypfl.runtime.checkpoint import CHECKPOINT
 from raypfl.tracking import tracking_uri
 
-REPORTED = ("accuracy", "loss", "best_accuracy", "final_accuracy", "virtual_time_s", "mean_density", "min_density",
-            "bytes_up", "bytes_down", "round")
+REPORTED = ("accuracy", "loss", "best_accuracy", "final_accuracy", "reported_accuracy", "virtual_time_s",
+            "mean_density", "min_density", "bytes_up", "bytes_down", "round")
 
 
 class Domain(Section):
@@ -86,10 +87,15 @@ def _scheduler_shorthand(value: Any) -> Any:
     return {"kind": value} if isinstance(value, str) and value != "none" else (None if value == "none" else value)
 
 
+VariantName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
 class SweepConfig(Section):
     name: Text | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     base: dict[str, Any] | Text = Field(default_factory=dict)
-    search_space: dict[str, Domain] = Field(min_length=1)
+    # named sets of dotted-key overrides, grid-searched as the key `variant` (the run's experiment.name)
+    variants: dict[VariantName, dict[str, Any]] = Field(default_factory=dict)
+    search_space: dict[str, Domain] = Field(default_factory=dict)
     metric: Literal[REPORTED] = "final_accuracy"  # type: ignore[valid-type]
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(1, ge=1)
@@ -97,6 +103,14 @@ class SweepConfig(Section):
     scheduler: Annotated[Scheduler | None, BeforeValidator(_scheduler_shorthand)] = None
     search_alg: Literal["basic", "optuna"] = "basic"
     max_failures: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> SweepConfig:
+        if not self.search_space and not self.variants:
+            raise ValueError("give a search_space, variants, or both")
+        if "variant" in self.search_space:
+            raise ValueError("'variant' is the key of the variants: name the variants under `variants`")
+        return self
 
 
 def _describe(exc: ValidationError, path: Path) -> str:
@@ -132,6 +146,14 @@ class Sweep:
                 load_config(base=self.base, overrides=[f"{key}={json.dumps(domain.example())}"])
             except UserError as exc:
                 raise UserError(f"search_space '{key}': {exc}") from None
+        for variant in self.spec.variants:
+            try:
+                load_config(base=self.base, overrides=self._variant_overrides(variant))
+            except UserError as exc:
+                raise UserError(f"variant '{variant}': {exc}") from None
+        self.search_space: dict[str, Domain] = {
+            **({"variant": Domain(grid=list(self.spec.variants))} if self.spec.variants else {}),
+            **self.spec.search_space}
         self.name = self.spec.name or self.path.stem
         self.dir = (Path(self.config.experiment.output_dir) / "sweeps" / self.name).resolve()
         if self.config.tracking.enabled:  # trials run elsewhere: they get the resolved, absolute URI
@@ -140,16 +162,24 @@ class Sweep:
     @property
     def expected_trials(self) -> int:
         """Grid values multiply, other domains are sampled once per sample."""
-        return self.spec.num_samples * math.prod(len(d.grid) for d in self.spec.search_space.values()
+        return self.spec.num_samples * math.prod(len(d.grid) for d in self.search_space.values()
                                                  if d.grid is not None)
 
     @property
     def tune_dir(self) -> Path:
         return self.dir / "tune"
 
+    def _variant_overrides(self, variant: str) -> list[str]:
+        return [*(f"{k}={json.dumps(v)}" for k, v in self.spec.variants[variant].items()),
+                f"experiment.name={json.dumps(variant)}"]
+
     def trial_config(self, params: dict[str, Any]) -> Config:
-        """A trial's experiment: the base with its sampled values; one client actor unless the base says."""
-        overrides = [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())]
+        """A trial's experiment: the base with its variant's overrides and its sampled values; one client actor
+        unless the base says."""
+        params = dict(params)
+        variant = params.pop("variant", None)
+        overrides = [*(self._variant_overrides(variant) if variant is not None else []),
+                     *(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()))]
         cfg = load_config(base=self.base, overrides=overrides)
         if cfg.runtime.num_workers is None:
             cfg = load_config(base=self.base, overrides=[*overrides, "runtime.num_workers=1"])
@@ -185,8 +215,10 @@ def _trial(params: dict[str, Any], sweep: Sweep, parent_run_id: str | None) -> N
         metrics = {k: record[k] for k in REPORTED if k in record}
         metrics["final_accuracy"] = record["accuracy"]
         metrics["best_accuracy"] = max(r["accuracy"] for r in history)
+        metrics["reported_accuracy"] = reported_accuracy(history, window)["mean"]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved is not None else None)
 
+    window = sweep.trial_config(params).budget.report_window
     quiet = Console(quiet=True)
     group = ray.util.get_current_placement_group()
     if (run_dir / "config.yaml").is_file():
@@ -225,7 +257,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool
         if resume:
             tuner = tune.Tuner.restore(str(state), trainable=trainable, resume_errored=True)
         else:
-            tuner = tune.Tuner(trainable, param_space={k: d.to_tune() for k, d in sweep.spec.search_space.items()},
+            tuner = tune.Tuner(trainable, param_space={k: d.to_tune() for k, d in sweep.search_space.items()},
                                tune_config=_tune_config(sweep), run_config=_run_config(sweep))
         results, interrupted = _fit(tuner)
         if interrupted or len(results) < sweep.expected_trials:
@@ -288,7 +320,7 @@ def _tune_config(sweep: Sweep) -> Any:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise UserError("search_alg 'optuna' needs the optuna package: pip install optuna") from None
-        if any(d.grid is not None for d in spec.search_space.values()):
+        if any(d.grid is not None for d in sweep.search_space.values()):
             raise UserError("search_alg 'optuna' samples its own points: use choice instead of grid")
         search_alg = OptunaSearch()
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
@@ -308,7 +340,7 @@ def _check_fits(sweep: Sweep, console: Console) -> None:
     """Refuse a sweep whose trial cannot fit the cluster at all; say how many fit at once."""
     import ray
 
-    params = {k: d.example() for k, d in sweep.spec.search_space.items()}
+    params = {k: d.example() for k, d in sweep.search_space.items()}
     need: dict[str, float] = {}
     for b in sweep.bundles(params):
         for k, v in b.items():
@@ -335,7 +367,8 @@ def _trial_rows(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
         rows.append({"trial": str(trial), "params": {k: v for k, v in (result.config or {}).items()},
                      "status": status, "run_dir": str(run_dir),
                      **{k: final.get(k, metrics.get(k)) for k in ("final_accuracy", "best_accuracy",
-                                                                  "virtual_time_s", "bytes_up", "bytes_down")},
+                                                                  "reported_accuracy", "virtual_time_s",
+                                                                  "bytes_up", "bytes_down", sweep.spec.metric)},
                      "mlflow_run_id": final.get("mlflow_run_id")})
     return sorted(rows, key=lambda r: r["trial"])
 
@@ -348,20 +381,21 @@ def _summarise(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _table(sweep: Sweep, trials: list[dict[str, Any]]) -> Table:
-    keys = list(sweep.spec.search_space)
+    keys = list(sweep.search_space)
     table = Table(title=f"sweep {sweep.name}")
-    for column in ("trial", *keys, "status", "final acc (%)", "best acc (%)"):
+    shown = ("reported_accuracy", "final_accuracy", "best_accuracy")
+    for column in ("trial", *keys, "status", "reported acc (%)", "final acc (%)", "best acc (%)"):
         table.add_column(column, justify="right")
     for t in trials:
         table.add_row(t["trial"], *(str(t["params"].get(k)) for k in keys), t["status"],
-                      *(f"{100 * t[k]:.2f}" if t[k] is not None else "-" for k in ("final_accuracy", "best_accuracy")))
+                      *(f"{100 * t[k]:.2f}" if t[k] is not None else "-" for k in shown))
     return table
 
 
 def _compare_sweep(sweep: Sweep, parent: _ParentRun | None, console: Console) -> None:
     from raypfl.compare import compare_runs, load_run_dirs
 
-    runs = load_run_dirs(sorted((sweep.dir / "trials").glob("*/result.json")), swept=list(sweep.spec.search_space))
+    runs = load_run_dirs(sorted((sweep.dir / "trials").glob("*/result.json")), swept=list(sweep.search_space))
     if runs:
         paths = compare_runs(runs, sweep.dir / "compare", console)
         if parent is not None:
@@ -391,7 +425,7 @@ class _ParentRun:
         spec = sweep.spec
         for key, value in {"metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
                            "search_space": json.dumps({k: d.model_dump(exclude_none=True)
-                                                       for k, d in spec.search_space.items()})[:6000]}.items():
+                                                       for k, d in sweep.search_space.items()})[:6000]}.items():
             self.client.log_param(self.run_id, key, value)
         resolved = sweep.dir / "sweep.yaml"
         resolved.write_text(yaml.safe_dump({**spec.model_dump(mode="json", exclude_none=True), "name": sweep.name,

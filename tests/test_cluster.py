@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from raypfl.runtime.checkpoint import CHECKPOINT
+
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 DASHBOARD = "http://127.0.0.1:8266"
@@ -51,11 +53,19 @@ def job(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> di
         "runtime": {"num_workers": 2}}))
     uri = f"sqlite:///{work / 'mlflow.db'}"
     started = time.monotonic()
-    submit = subprocess.run(
-        ["ray", "job", "submit", "--address", DASHBOARD, "--submission-id", "raypfl-test", "--working-dir", str(ROOT),
-         "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}}), "--",
-         sys.executable, "-m", "raypfl", "run", str(config)],
-        env=cluster, capture_output=True, text=True, timeout=900)
+    # The submission's own log grows inside the working directory it ships, as people write it
+    # (`ray job submit ... > submit.log 2>&1`): .rayignore keeps it out of the package.
+    log = ROOT / "submit-test.log"
+    try:
+        with log.open("w") as out:
+            code = subprocess.run(
+                ["ray", "job", "submit", "--address", DASHBOARD, "--submission-id", "raypfl-test", "--working-dir",
+                 str(ROOT), "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}}), "--",
+                 sys.executable, "-m", "raypfl", "run", str(config)],
+                env=cluster, stdout=out, stderr=subprocess.STDOUT, timeout=900).returncode
+        submit = subprocess.CompletedProcess([], code, log.read_text(), "")
+    finally:
+        log.unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     status = subprocess.run(["ray", "job", "status", "--address", DASHBOARD, "raypfl-test"], env=cluster,
                             capture_output=True, text=True, timeout=120)
@@ -82,3 +92,53 @@ def test_client_actors_run_on_the_node_pools_their_classes_name(job: dict[str, A
     assert workers[("fast",)]["node_resources"] == ["pool_head"]
     assert workers[("slow",)]["node_resources"] == ["pool_1"]
     assert workers[("fast",)]["node"] != workers[("slow",)]["node"]
+
+
+def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    # Last in this module: it kills the worker node. Client actors are spread over both nodes; the one on the
+    # killed node restarts on the head, its lost jobs are run again, and the history is the undisturbed one.
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump({
+        "experiment": {"name": "node", "output_dir": str(tmp_path / "runs")},
+        "clients": {"num_clients": 6}, "algorithm": {"name": "fedasync"},
+        "budget": {"virtual_time_s": 240, "eval_every": 20}, "runtime": {"num_workers": 2},
+        "tracking": {"enabled": False}}))
+
+    def submit(name: str) -> None:
+        subprocess.run(["ray", "job", "submit", "--address", DASHBOARD, "--submission-id", name, "--no-wait",
+                        "--working-dir", str(ROOT), "--", sys.executable, "-m", "raypfl", "run", str(config),
+                        "--output", str(tmp_path / name)], env=cluster, check=True, capture_output=True, timeout=300)
+
+    def status(name: str) -> str:
+        out = subprocess.run(["ray", "job", "status", "--address", DASHBOARD, name], env=cluster,
+                             capture_output=True, text=True, timeout=120)
+        return out.stdout + out.stderr
+
+    def wait(name: str, until: float) -> str:
+        while time.monotonic() < until:
+            text = status(name).lower()
+            if any(s in text for s in ("succeeded", "failed", "stopped")):
+                return text
+            time.sleep(2)
+        raise AssertionError(f"job {name} did not end: {status(name)}")
+
+    submit("undisturbed")
+    assert "succeeded" in wait("undisturbed", time.monotonic() + 600)
+    calm = json.loads((tmp_path / "undisturbed" / "result.json").read_text())
+    assert len({w["node"] for w in calm["workers"]}) == 2  # spread: one actor on each node
+
+    submit("disturbed")
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "disturbed" / CHECKPOINT).is_file():  # a few evaluations in
+        assert time.monotonic() < deadline and "failed" not in status("disturbed").lower()
+        time.sleep(1)
+    subprocess.run([str(SCRIPT), "kill-node", "1"], env=cluster, check=True, capture_output=True, timeout=60)
+    assert "succeeded" in wait("disturbed", deadline)
+    hurt = json.loads((tmp_path / "disturbed" / "result.json").read_text())
+
+    def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
+
+    assert comparable(hurt["history"]) == comparable(calm["history"])
+    assert hurt["faults"] and len({w["node"] for w in hurt["workers"]}) == 1

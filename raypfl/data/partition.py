@@ -12,8 +12,15 @@ _DIRICHLET_REDRAWS = 100
 
 def partition(labels: np.ndarray, num_clients: int, cfg: PartitionConfig, seed: int,
               writers: np.ndarray | None = None) -> list[np.ndarray]:
-    """Index arrays, one per client; every sample goes to exactly one client."""
+    """Index arrays, one per client; every sample goes to exactly one client (unless `samples_per_client` draws
+    each client's samples from the whole set)."""
     n = len(labels)
+    if cfg.samples_per_client is not None:
+        if cfg.samples_per_client > n:
+            raise UserError(f"data.partition.samples_per_client ({cfg.samples_per_client}) exceeds the {n} training "
+                            "samples")
+        return [np.sort(np.random.default_rng([seed, 17, c]).choice(n, cfg.samples_per_client, replace=False))
+                for c in range(num_clients)]
     if num_clients * cfg.min_samples > n:
         raise UserError(f"{num_clients} clients with at least {cfg.min_samples} sample(s) each need "
                         f"{num_clients * cfg.min_samples} training samples, the dataset has {n}")

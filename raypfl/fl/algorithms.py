@@ -23,7 +23,10 @@ fedgmr (FedGMR: gradual model restoration)
     layer's per-weight cost). Uploads arriving by Δ s after the reference client form the buffer, merged by
     mask-aware averaging: W[k] ← Σ λ_i m_i[k] w_i[k] / Σ λ_i m_i[k] where someone holds k, else W[k] stays.
     At every evaluation a plateau of the global accuracy raises the density floor one ladder step
-    (0.05 → 0.1 → 0.2 → 0.5 → 1.0) and a plateau of a client's own accuracy raises that client one step.
+    (0.05 → 0.1 → 0.2 → 0.5 → 1.0) and a plateau of a client's own accuracy raises that client one step;
+    where evaluations are sparse, the global trigger is also fed between them (`recovery.min_checks` scores per
+    budget), and a time schedule guarantees the floors 0.1 / 0.2 / 0.5 / 1.0 by 20 / 40 / 60 / 80 % of the
+    budget (`recovery.trigger: mixed`), so that restoration completes at any budget.
     Sub-models go out as ascending-density increments (IMS): one full model per broadcast instead of one copy
     per distinct sub-model.
 
@@ -54,6 +57,7 @@ _COMMON: dict[str, Any] = {
     "reference_clients": [0],
     "grace_s": 0.5,
     "server_time_s": 0.5,
+    "refresh_every": None,
     "mixing": None,
     "server_lr": 1.0,
     "scope": "window",
@@ -62,7 +66,7 @@ _COMMON: dict[str, Any] = {
     "recovery": {"trigger": "none"},
     "width": {"kind": "none"},
 }
-_GMR_RECOVERY = {"trigger": "plateau", "client_trigger": True, "patience": 5, "step": "ladder"}
+_GMR_RECOVERY = {"trigger": "mixed", "client_trigger": True, "patience": 5, "step": "ladder"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fedavg": {**_COMMON, "trigger": "synchronous", "rule": "fa",

@@ -105,6 +105,26 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     return chosen[np.argsort(-values[chosen], kind="stable")]
 
 
+def _top_sets(values: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """For each k in `counts`, a bool mask of the k largest values, ties by position: the same sets as a full
+    stable sort would give (and nested), from one partition instead of a sort."""
+    n = values.size
+    kths = sorted({n - k for k in counts if 0 < k < n})
+    parted = np.partition(values, kths) if kths else values
+    out = []
+    for k in counts:
+        if k <= 0 or k >= n:
+            out.append(np.full(n, k >= n and n > 0))
+            continue
+        cut = parted[n - k]
+        chosen = values > cut
+        ties = k - int(np.count_nonzero(chosen))
+        if ties:
+            chosen[np.flatnonzero(values == cut)[:ties]] = True
+        out.append(chosen)
+    return out
+
+
 def build_nested_masks(weights: Weights, scores: dict[str, np.ndarray], densities: Sequence[float],
                        layer_floor: float) -> dict[float, Mask]:
     """Nested masks M(d1) ⊆ M(d2) ⊆ … for the given densities (fraction of all prunable weights).
@@ -126,19 +146,16 @@ def build_nested_masks(weights: Weights, scores: dict[str, np.ndarray], densitie
     floor = int(held.sum())
     targets = sorted(set(densities))
     candidates = np.flatnonzero(~held)
-    most = max((round(d * total) for d in targets if round(d * total) < total), default=floor)
     flat = np.concatenate([scores[n].ravel() for n in names]).astype(np.float64)
-    ranked = candidates[_top(flat[candidates], most - floor)]
+    counts = [min(candidates.size, max(0, round(d * total) - floor)) for d in targets]
     out: dict[float, Mask] = {}
-    taken = 0
-    for density in targets:
+    for density, chosen in zip(targets, _top_sets(flat[candidates], counts), strict=True):
+        level = held.copy()
         if round(density * total) >= total:
-            held[:] = True
+            level[:] = True
         else:
-            need = max(0, round(density * total) - floor - taken)
-            held[ranked[taken:taken + need]] = True
-            taken += need
-        out[density] = {n: held[s:s + k].reshape(scores[n].shape).copy()
+            level[candidates[chosen]] = True
+        out[density] = {n: level[s:s + k].reshape(scores[n].shape)
                         for n, s, k in zip(names, offsets[:-1], sizes, strict=True)}
     return {d: out[d] for d in densities}
 

@@ -71,8 +71,10 @@ class RecoveryScheduler:
         self.end_stage_time: float | None = None
 
     def on_evaluation(self, time_s: float, round_: int, global_score: float,
-                      client_scores: dict[int, float]) -> tuple[list[DensityChange], bool]:
-        """The density changes this evaluation causes, and whether the model should roll back first (PR-FL)."""
+                      client_scores: dict[int, float] | None) -> tuple[list[DensityChange], bool]:
+        """The density changes this evaluation causes, and whether the model should roll back first (PR-FL).
+        `client_scores` None: a check between evaluations, which feeds the global trigger (and the time
+        schedule) only; the client triggers and their cool-downs advance with evaluations."""
         changes: list[DensityChange] = []
         rollback = False
         if self.cfg.trigger in ("time", "mixed"):
@@ -83,6 +85,12 @@ class RecoveryScheduler:
         if self.end_stage_time is None and min(self.densities) >= 1.0 and self.cfg.trigger != "none":
             self.end_stage_time = time_s
         return changes, rollback
+
+    def time_point_passed(self, time_s: float) -> bool:
+        """Whether the time schedule has a point at or before `time_s` that has not been applied yet."""
+        points = self.cfg.time_points
+        return (self.cfg.trigger in ("time", "mixed") and self.time_points_passed < len(points)
+                and time_s / (self.cfg.time_total_s or self.budget_s) >= points[self.time_points_passed])
 
     def _time_schedule(self, time_s: float, round_: int) -> list[DensityChange]:
         """Point k of the schedule raises the floor to ladder[k + 1]: ladder[0] is the starting stage, so the
@@ -99,11 +107,12 @@ class RecoveryScheduler:
         return changes
 
     def _plateaus(self, time_s: float, round_: int, global_score: float,
-                  client_scores: dict[int, float]) -> tuple[list[DensityChange], bool]:
+                  client_scores: dict[int, float] | None) -> tuple[list[DensityChange], bool]:
         if self.global_cooldown > 0:  # the model is settling after a restoration step: no decisions
             self.global_cooldown -= 1
             return [], False
-        self.client_cooldowns = [max(0, c - 1) for c in self.client_cooldowns]
+        if client_scores is not None:
+            self.client_cooldowns = [max(0, c - 1) for c in self.client_cooldowns]
         changes: list[DensityChange] = []
         rollback = False
         if self.global_stop.update(global_score):
@@ -116,7 +125,7 @@ class RecoveryScheduler:
                 rollback = self.cfg.rollback
                 self.global_cooldown = self.cfg.patience
                 self._reset_all()
-        if self.cfg.client_trigger:
+        if self.cfg.client_trigger and client_scores is not None:
             for client, score in sorted(client_scores.items()):
                 plateau = self.client_stops[client].update(score)
                 old = self.densities[client]

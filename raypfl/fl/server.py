@@ -41,6 +41,7 @@ from raypfl.sim.heterogeneity import BandwidthNoise, ClientClass, compute_second
 _UPLOAD, _BROADCAST, _FLUSH = 0, 1, 2
 _CYCLE_HISTORY = 5  # cycle durations kept per client for PR-FL's density balancing
 IN_FLIGHT = ("training", "uploading")
+CACHE_VERSION = -1  # the version the FedAvg-of-cache model is evaluated under
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class EvalRecord:
     staleness_mean: float
     buffer_size: float
     updates: int
+    cache_accuracy: float | None = None  # of the FedAvg of every client's latest upload (spec E.5), when kept
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -103,7 +105,7 @@ class _Window:
 @dataclass
 class ServerState:
     weights: Weights
-    cache: dict[int, CachedUpdate] = field(default_factory=dict)  # latest upload per client (cache scope)
+    cache: dict[int, CachedUpdate] = field(default_factory=dict)  # latest upload per client (cache scope/model)
     best: tuple[float, Weights, dict[int, CachedUpdate]] | None = None  # for PR-FL's rollback
     round: int = 0
     now: float = 0.0
@@ -120,6 +122,9 @@ class ServerState:
     window: _Window = field(default_factory=_Window)
     density_log: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
+    next_eval_at: float = 0.0  # with `budget.eval_every_s`: the virtual time of the next evaluation
+    last_score_at: float = 0.0  # the last evaluation or check that fed the recovery schedule
+    refreshed_at: int = 0  # the round of the last sub-model refresh
 
 
 class Server:
@@ -145,7 +150,8 @@ class Server:
         self.participation = Participation(cfg.clients.num_clients, cfg.clients.concurrency, cfg.experiment.seed,
                                            always)
         initial = [k.density if self.alg.sub_models else 1.0 for k in classes]
-        self.state = ServerState(weights=weights, clients=[ClientState(density=d, job_density=d) for d in initial])
+        self.state = ServerState(weights=weights, clients=[ClientState(density=d, job_density=d) for d in initial],
+                                 next_eval_at=cfg.budget.eval_every_s or 0.0)
         self.queue = EventQueue()
         self.uplink = SharedUplink(net.server_down_mbps * self.noise.server(0)[1])
         self.ledger = StalenessLedger()
@@ -153,6 +159,7 @@ class Server:
         self.recovery = RecoveryScheduler(self.alg.recovery, initial, cfg.budget.virtual_time_s)
         self.history: list[EvalRecord] = []
         self._published: set[int] = set()
+        self.round_walls: list[float] = []  # wall clock of each aggregation (speed reports; not in snapshots)
         self._wall0 = time.monotonic()
         self._wall_offset = 0.0
         self._t0 = 0.0
@@ -192,6 +199,11 @@ class Server:
         """The model versions the run still needs: the current one and those busy clients train on."""
         st = self.state
         return sorted({st.round, *(st.clients[c].version for c in st.busy if st.clients[c].status != "waiting")})
+
+    def round_seconds(self) -> float | None:
+        """The median wall-clock time between consecutive aggregations (a round, whatever it held)."""
+        gaps = np.diff(self.round_walls)
+        return float(np.median(gaps)) if len(gaps) else None
 
     def client_summary(self) -> list[dict[str, Any]]:
         """Per client: id, class, initial and final density, aggregated updates, mean staleness."""
@@ -282,7 +294,8 @@ class Server:
             cs.version, cs.status, cs.dispatched_at, cs.due = st.round, "training", now, ready
             cs.job_density, cs.mask_generation = cs.density, self.submodels.current
             cs.upload_mb, cs.upload_rate = self.sizes.megabytes(cs.density), klass.upload_mbps * links[client][1]
-            cs.scoring = self._wants_client_scores and cs.score is None and not cs.scoring
+            # the client trigger scores a client's model every `client_eval_every` of its local rounds (spec D.1)
+            cs.scoring = self._wants_client_scores and cs.cycle % self.alg.recovery.client_eval_every == 0
             st.busy.add(client)
             st.in_flight.add(client)
             self.queue.push(ready, "upload", client, _UPLOAD)
@@ -329,6 +342,7 @@ class Server:
             self.queue.push(when, "flush", -1, _FLUSH)
 
     def _flush(self) -> EvalRecord | None:
+        self.round_walls.append(time.monotonic())
         st = self.state
         buffer, st.buffer, st.flush_pending, st.last_flush = sorted(st.buffer), [], False, st.now
         results = self.trainer.collect(buffer)
@@ -345,9 +359,35 @@ class Server:
         max_rounds = self.cfg.budget.max_rounds
         if max_rounds is not None and st.round >= max_rounds:
             return self._finish()
-        if st.round % self.cfg.budget.eval_every == 0:
+        if self._evaluation_due():
             return self._evaluate()
+        if self._check_due():
+            self._check()
         return None
+
+    def _evaluation_due(self) -> bool:
+        budget, st = self.cfg.budget, self.state
+        if budget.eval_every_s is None:
+            return st.round % budget.eval_every == 0
+        return st.now >= st.next_eval_at
+
+    def _check_due(self) -> bool:
+        """Whether the recovery schedule should be fed between evaluations: they are too sparse for the global
+        plateau trigger, or a point of the time schedule has just passed (it applies at the next aggregation)."""
+        rec = self.alg.recovery
+        if not self.alg.sub_models:
+            return False
+        if self.recovery.time_point_passed(self.state.now):
+            return True
+        if rec.trigger not in ("plateau", "mixed") or not rec.min_checks:
+            return False
+        return self.state.now - self.state.last_score_at >= self.cfg.budget.virtual_time_s / rec.min_checks
+
+    def _check(self) -> None:
+        """Score the global model as an evaluation would, for the recovery schedule only (not recorded)."""
+        st = self.state
+        accuracy, _ = self.trainer.evaluate(st.round, limit=self.cfg.budget.eval_samples)
+        self._restore_densities(accuracy, client_scores=None)
 
     def _publish(self, version: int, weights: Weights) -> None:
         self.trainer.publish(version, weights)
@@ -363,6 +403,7 @@ class Server:
         """Staleness × samples weights; the window scope aggregates the arrivals, the cache scope (PR-FL) every
         client's latest upload with its staleness recomputed now (spec H.3)."""
         st = self.state
+        masks = {r.client: self._job_mask(r.client) for r in results}
         for r in results:
             missed = st.round - r.version
             cs = st.clients[r.client]
@@ -372,12 +413,12 @@ class Server:
             if cs.scoring:
                 cs.scoring, cs.score = False, r.score
             if r.grads is not None and self.submodels.grads is not None:
-                self.submodels.grads.add(expand(r.grads, r.mask, {k: st.weights[k] for k in r.grads}))
+                self.submodels.grads.add(expand(r.grads, masks[r.client], {k: st.weights[k] for k in r.grads}))
         st.updates += len(results)
         st.window.updates += len(results)
         st.window.flushes += 1
-        arrived = {r.client: CachedUpdate(r.version, r.weights, r.mask, r.n_samples) for r in results}
-        if self.alg.scope == "cache":
+        arrived = {r.client: CachedUpdate(r.version, r.weights, masks[r.client], r.n_samples) for r in results}
+        if self._keeps_uploads:
             st.cache.update(arrived)
         scope = st.cache if self.alg.scope == "cache" else arrived
         factors = {c: self.staleness(st.round - u.version) for c, u in scope.items()}
@@ -393,6 +434,21 @@ class Server:
         return aggregate(self.alg.rule, st.weights, updates, mix=mix, server_lr=self.alg.server_lr)
 
     @property
+    def _keeps_uploads(self) -> bool:
+        """Every client's latest upload is kept for the cache scope (PR-FL) and for the FedAvg-of-cache model; it
+        costs memory ∝ the population, so the model is evaluated by default only when every client takes part."""
+        cache_model = self.cfg.budget.cache_model
+        if cache_model is None:
+            cache_model = self.cfg.clients.concurrency is None
+        return self.alg.scope == "cache" or cache_model
+
+    def _job_mask(self, client: int) -> Mask | None:
+        """The mask of the job a client has just finished: the server's own object (results do not carry it back,
+        and every update under one mask shares its cached positions in the aggregation)."""
+        cs = self.state.clients[client]
+        return self.submodels.mask(cs.mask_generation, cs.job_density)
+
+    @property
     def _wants_client_scores(self) -> bool:
         rec = self.alg.recovery
         return self.alg.sub_models and rec.trigger in ("plateau", "mixed") and rec.client_trigger
@@ -402,10 +458,19 @@ class Server:
 
     def _evaluate(self) -> EvalRecord:
         st = self.state
+        if self.cfg.budget.eval_every_s is not None:
+            interval = self.cfg.budget.eval_every_s
+            st.next_eval_at = (int(st.now // interval) + 1) * interval
         accuracy, loss = self.trainer.evaluate(st.round, limit=self.cfg.budget.eval_samples)
+        cache_accuracy = self._cache_accuracy()
         if self.alg.recovery.rollback and (st.best is None or accuracy > st.best[0]):
             st.best = (accuracy, st.weights, dict(st.cache))
-        self._restore_densities(accuracy)
+        client_scores = {}
+        if self._wants_client_scores:
+            for c, cs in enumerate(st.clients):
+                if cs.score is not None:
+                    client_scores[c], cs.score = cs.score, None
+        self._restore_densities(accuracy, client_scores)
         densities = [c.density for c in st.clients]
         w = st.window
         record = EvalRecord(
@@ -413,21 +478,33 @@ class Server:
             mean_density=float(np.mean(densities)), min_density=float(min(densities)), densities=densities,
             bytes_up=st.bytes_up, bytes_down=st.bytes_down,
             staleness_mean=w.missed / w.updates if w.updates else 0.0,
-            buffer_size=w.updates / w.flushes if w.flushes else 0.0, updates=st.updates)
+            buffer_size=w.updates / w.flushes if w.flushes else 0.0, updates=st.updates,
+            cache_accuracy=cache_accuracy)
         st.window = _Window()
         self.history.append(record)
         return record
 
-    def _restore_densities(self, accuracy: float) -> None:
-        """GMR (spec D): feed the evaluation to the recovery schedule, apply its changes, rebuild the masks."""
+    def _cache_accuracy(self) -> float | None:
+        """Accuracy of the FedAvg of every client's latest upload (zero-filled where a sub-model did not hold a
+        weight, weighted by staleness now × samples), the model spec E.5 reports beside the global one."""
         st = self.state
+        if not self._keeps_uploads or not st.cache:
+            return None
+        factors = {c: self.staleness(st.round - u.version) for c, u in st.cache.items()}
+        updates = [ClientUpdate(c, u.weights, u.mask, factors[c] * u.n_samples) for c, u in sorted(st.cache.items())]
+        self.trainer.publish(CACHE_VERSION, aggregate("fa", st.weights, updates))
+        try:
+            return self.trainer.evaluate(CACHE_VERSION, limit=self.cfg.budget.eval_samples)[0]
+        finally:
+            self.trainer.release(CACHE_VERSION)
+
+    def _restore_densities(self, accuracy: float, client_scores: dict[int, float] | None) -> None:
+        """GMR (spec D): feed an evaluation (or, `client_scores` None, a check) to the recovery schedule, apply
+        its changes, rebuild the masks."""
+        st = self.state
+        st.last_score_at = st.now
         if not self.alg.sub_models:
             return
-        client_scores = {}
-        if self._wants_client_scores:
-            for c, cs in enumerate(st.clients):
-                if cs.score is not None:
-                    client_scores[c], cs.score = cs.score, None
         changes, rollback = self.recovery.on_evaluation(st.now, st.round, accuracy, client_scores)
         if rollback and st.best is not None:
             _, st.weights, cache = st.best
@@ -438,7 +515,10 @@ class Server:
         st.density_log.extend(asdict(change) for change in changes)
         for cs, density in zip(st.clients, self.recovery.densities, strict=True):
             cs.density = density
-        self._rebuild_masks()
+        refresh = self.alg.refresh_every
+        due = st.round - st.refreshed_at >= refresh if refresh is not None else client_scores is not None
+        if due or changes:  # sub-models follow the global model; new densities need new ones at once
+            self._rebuild_masks()
 
     def _balance(self) -> list[DensityChange]:
         """PR-FL's first stage (spec C.1): shrink slow clients' sub-models until round times match."""
@@ -456,6 +536,7 @@ class Server:
         rebuilt at every evaluation, whether densities changed or not."""
         if self.alg.sub_models:
             self.submodels.rebuild(self.state.weights, [cs.density for cs in self.state.clients], self.state.round)
+            self.state.refreshed_at = self.state.round
 
     def _finish(self) -> EvalRecord:
         self.state.done = True
@@ -505,6 +586,8 @@ class Server:
                         "flush_pending": st.flush_pending, "last_flush": st.last_flush,
                         "bytes_up": st.bytes_up, "bytes_down": st.bytes_down, "updates": st.updates,
                         "done": st.done, "wall_time_s": self._wall(), "window": asdict(st.window),
+                        "next_eval_at": st.next_eval_at, "last_score_at": st.last_score_at,
+                        "refreshed_at": st.refreshed_at,
                         "broadcasts": {str(k): v for k, v in st.broadcasts.items()}},
             "density_log": list(st.density_log),
             "queue": self.queue.snapshot(),
@@ -533,7 +616,9 @@ class Server:
             last_flush=float(sc["last_flush"]),
             broadcasts={int(k): [int(c) for c in v] for k, v in sc["broadcasts"].items()},
             bytes_up=int(sc["bytes_up"]), bytes_down=int(sc["bytes_down"]), updates=int(sc["updates"]),
-            window=_Window(**sc["window"]), density_log=list(snap["density_log"]), done=bool(sc["done"]))
+            window=_Window(**sc["window"]), density_log=list(snap["density_log"]), done=bool(sc["done"]),
+            next_eval_at=float(sc["next_eval_at"]), last_score_at=float(sc["last_score_at"]),
+            refreshed_at=int(sc["refreshed_at"]))
         self.queue = EventQueue.restore(snap["queue"])
         self.uplink = SharedUplink.restore(snap["uplink"])
         self.ledger = StalenessLedger.restore(snap["ledger"])

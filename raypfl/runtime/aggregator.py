@@ -13,6 +13,7 @@ import numpy as np
 import ray
 
 from raypfl.config import Config
+from raypfl.fl.jobs import ModelSpec
 from raypfl.fl.server import Server
 from raypfl.runtime.dispatch import ActorPoolTrainer
 from raypfl.sim.heterogeneity import ClientClass
@@ -20,14 +21,17 @@ from raypfl.sim.heterogeneity import ClientClass
 
 class AggregatorActor:
     def __init__(self, config: dict[str, Any], classes: list[ClientClass], class_index: np.ndarray,
-                 model_ref: list[ray.ObjectRef], actors: list[Any], eligible: list[list[int]], test_size: int,
-                 snapshot: dict[str, Any] | None = None,
+                 model_ref: list[ray.ObjectRef], actors: list[Any], eligible: list[list[int]],
+                 load: tuple[ModelSpec, list[ray.ObjectRef]], test_size: int, snapshot: dict[str, Any] | None = None,
                  versions: dict[int, list[ray.ObjectRef]] | None = None) -> None:
         """`model_ref`: in a list (fetched here, so that this actor starts while a client actor still builds it),
-        the initial model's `raypfl.runtime.training.ModelDescription`."""
+        the initial model's `raypfl.runtime.training.ModelDescription`. `load`: what a restarted client actor is
+        loaded with again (the spec, and the dataset's object in a list)."""
         cfg = Config.model_validate(config)
+        spec, (data,) = load
         self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(class_index[client]),
-                                        cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth)
+                                        cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth,
+                                        reload=lambda actor: actor.load.remote(spec, data))
         model = ray.get(model_ref[0])
         self.server = Server(cfg, classes, model.weights, model.sizes, model.facts, self.trainer)
         self.trainer.context = lambda: {"virtual_time_s": self.server.state.now, "round": self.server.state.round}
@@ -54,7 +58,8 @@ class AggregatorActor:
 
     def summary(self) -> dict[str, Any]:
         return {"clients": self.server.client_summary(), "participation": self.server.participation_summary(),
-                "density_changes": self.server.density_log, "faults": self.trainer.faults}
+                "density_changes": self.server.density_log, "faults": self.trainer.faults,
+                "round_s_median": self.server.round_seconds()}
 
     def faults(self) -> list[dict[str, Any]]:
         return self.trainer.faults

@@ -20,18 +20,27 @@ from raypfl.fl.jobs import Mask, ModelSpec, TrainJob, TrainResult, Weights
 
 
 class ClientActor:
-    """Hosts many virtual clients; created with the Ray resource request of the classes it serves."""
+    """Hosts many virtual clients; created with the Ray resource request of the classes it serves.
 
-    def __init__(self, spec: ModelSpec, data_ref: list[ray.ObjectRef], training: TrainingConfig, seed: int,
-                 augment: bool, device: str, threads: int) -> None:
-        """`data_ref`: the dataset's object in a list, fetched here (the driver keeps it alive, so that the actor
-        can restart)."""
+    Created with nothing but settings, so that it starts (and imports PyTorch) before the data is there; `load`
+    then hands it the model spec and the dataset. After a restart (a crashed process) it is empty again, which
+    `info` tells, and the dispatcher loads it again before giving it work. No constructor argument lives in the
+    object store, so nothing can go missing when Ray restarts the actor."""
+
+    def __init__(self, training: TrainingConfig, seed: int, augment: bool, device: str, threads: int) -> None:
         import torch
 
-        from raypfl.runtime.training import ClientTrainer
+        import raypfl.runtime.training  # noqa: F401 - imported while the data is still loading
 
         torch.set_num_threads(threads)  # the same thread count everywhere keeps float sums identical
-        data = ray.get(data_ref[0])
+        self.settings = (training, seed, augment, device)
+        self.spec: ModelSpec | None = None
+        self.trainer: Any = None
+
+    def load(self, spec: ModelSpec, data: dict[str, Any]) -> None:
+        from raypfl.runtime.training import ClientTrainer
+
+        training, seed, augment, device = self.settings
         self.spec = spec
         self.trainer = ClientTrainer(spec, data["x"], data["y"], data["parts"], training, seed, augment, device,
                                      data["x_test"], data["y_test"], copy_results=False)
@@ -41,20 +50,24 @@ class ClientActor:
         driver need not import PyTorch."""
         from raypfl.runtime.training import describe_model
 
+        assert self.spec is not None
         return describe_model(Config.model_validate(config), self.spec)
 
     def train(self, job: TrainJob, weights: Weights, mask: Mask | None) -> TrainResult:
-        return self.trainer.train(replace(job, mask=mask), weights)
+        """The job's result, without its mask: the server has it already (`Server._job_mask`)."""
+        return replace(self.trainer.train(replace(job, mask=mask), weights), mask=None)
 
     def evaluate(self, weights: Weights, start: int, stop: int) -> list[tuple[int, float]]:
         return self.trainer.evaluate(weights, start, stop)
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": str(self.trainer.device),
+        trainer = self.trainer
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "loaded": trainer is not None,
+                "device": str(trainer.device) if trainer is not None else None,
                 "gpu_ids": ray.get_runtime_context().get_accelerator_ids().get("GPU", []),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                "steps": self.trainer.steps, "first_step_at": self.trainer.first_step_at}
+                "steps": trainer.steps if trainer is not None else 0,
+                "first_step_at": trainer.first_step_at if trainer is not None else None}
 
 
 def worker_info(actors: list[Any]) -> list[dict[str, Any]]:

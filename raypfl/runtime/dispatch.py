@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
-from ray.exceptions import ObjectLostError, OwnerDiedError, RayActorError
+from ray.exceptions import ActorUnavailableError, ObjectLostError, OwnerDiedError, RayActorError
 
 from raypfl.fl.evaluation import eval_splits, summarise_batches
 from raypfl.fl.jobs import Mask, MaskKey, TrainJob, TrainResult, Weights
 
 WORKER_LOST = (RayActorError, ObjectLostError, OwnerDiedError)  # a job's worker or its result is gone: rerun it
+_PROBE_PAUSE_S = 0.2
 
 
 class WorkersLost(RuntimeError):
@@ -49,13 +51,15 @@ class ActorPoolTrainer:
     (`eligible[k]`); each actor gets at most `depth` jobs at a time, the earliest-due first."""
 
     def __init__(self, actors: list[Any], eligible: list[list[int]], client_class: Callable[[int], int],
-                 eval_batch_size: int, test_size: int, depth: int = 2) -> None:
+                 eval_batch_size: int, test_size: int, depth: int = 2,
+                 reload: Callable[[Any], Any] | None = None) -> None:
         self.actors = actors
         self.eligible = eligible
         self.client_class = client_class
         self.eval_batch_size = eval_batch_size
         self.test_size = test_size
         self.depth = depth
+        self.reload = reload  # loads a restarted actor (which comes back empty) again
         self.context: Callable[[], dict[str, Any]] = dict  # where the run is (virtual time, round), for faults
         self.faults: list[dict[str, Any]] = []
         self.versions: dict[int, ray.ObjectRef] = {}
@@ -174,6 +178,8 @@ class ActorPoolTrainer:
             self._lost(task, exc)
             return None
         if task.kind == "ping":
+            if not value["loaded"] and self.reload is not None:  # restarted: give it the data before any work
+                self.reload(self.actors[task.worker])
             self._probing.discard(task.worker)
         elif task.kind == "train":
             assert task.job is not None
@@ -187,6 +193,10 @@ class ActorPoolTrainer:
         """A task's actor died (or its result was lost): note the fault, probe the actor, run the work again."""
         worker = task.worker
         if task.kind == "ping":
+            if isinstance(exc, ActorUnavailableError):  # still restarting: ask again in a moment
+                time.sleep(_PROBE_PAUSE_S)
+                self._start(self.actors[worker].info.remote(), _Task("ping", worker))
+                return
             self._alive[worker] = False  # out of restarts: Ray gave the actor up
             self._probing.discard(worker)
             self._check_coverage()

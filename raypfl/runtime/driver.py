@@ -16,8 +16,8 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from raypfl.config import Config, load_config, to_yaml
 from raypfl.data import partition
 from raypfl.data.datasets import Reader, locate_dataset
 from raypfl.errors import RunFailed, Terminated, UserError
-from raypfl.report import plot_curves, summary_table, time_to_accuracy, write_history_csv, write_json
+from raypfl.report import plot_curves, reported_accuracy, summary_table, time_to_accuracy, write_history_csv, write_json
 from raypfl.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from raypfl.sim.heterogeneity import assign_workers, client_classes, covers, merged_options, resource_amounts
 from raypfl.tracking import DEFAULT_URI, RunTracker, heterogeneity_tag, tracking_uri
@@ -176,21 +176,17 @@ def prepare_run_dir(run_dir: Path) -> None:
                         "(set experiment.output_dir or --output to a writable folder)") from None
 
 
-@contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises Terminated in the main thread (like Ctrl+C raises KeyboardInterrupt)."""
+def _stop_on_sigterm() -> Callable[[], None]:
+    """From now on SIGTERM raises Terminated in the main thread, as Ctrl+C raises KeyboardInterrupt (called after
+    ray.init, which installs a handler of its own); returns what puts the previous handler back."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        return lambda: None
 
     def stop(_signum: int, _frame: Any) -> None:
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class _Background:
@@ -278,16 +274,15 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     else:
         run_name = run_dir.name
-    with _sigterm_stops():
-        inputs = _Background("inputs", lambda: read_inputs(cfg, reader))  # the data loads while Ray starts
-        open_tracking = (lambda: _open_tracking(cfg, run_name, run_id, parent_run_id, run_dir)) \
-            if cfg.tracking.enabled else None
-        try:
-            return _run(cfg, inputs, run_dir, snapshot, open_tracking, console, on_eval, placement_group, timing)
-        except UserError:
-            if resume is None:  # bad input found while starting: leave nothing behind
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+    inputs = _Background("inputs", lambda: read_inputs(cfg, reader))  # the data loads while Ray starts
+    open_tracking = (lambda: _open_tracking(cfg, run_name, run_id, parent_run_id, run_dir)) \
+        if cfg.tracking.enabled else None
+    try:
+        return _run(cfg, inputs, run_dir, snapshot, open_tracking, console, on_eval, placement_group, timing)
+    except UserError:
+        if resume is None:  # bad input found while starting: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _process_start() -> float:
@@ -307,24 +302,26 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
     import ray
 
     from raypfl.runtime.client import worker_info
-    from raypfl.runtime.pool import Pilot, describe_workers, start_pool
+    from raypfl.runtime.pool import Pilot, create_actors, describe_workers, load_actors
 
     started_ray = False
     actors: list[Any] = []
     pilot: Pilot | None = None
     tracking: _Background | None = None
     status = "FAILED"
+    restore_sigterm: Callable[[], None] = lambda: None  # noqa: E731
     try:
         started_ray = connect_ray(cfg)
+        restore_sigterm = _stop_on_sigterm()
         timing["ray_ready_at"] = time.time()
-        exp: Experiment = inputs.get()
-        timing["inputs_loaded_at"] = time.time()
         options, eligible = worker_options(cfg, cfg.runtime.num_workers or default_num_workers(cfg))
         if placement_group is None:
             check_schedulable(options)
-        actors, _data = start_pool(exp, options, placement_group)
-        pilot = Pilot(exp, actors, eligible, placement_group, snapshot, run_dir)
+        actors = create_actors(cfg, options, placement_group)  # they start while the data finishes loading
         timing["actors_created_at"] = time.time()
+        exp: Experiment = inputs.get()
+        timing["inputs_loaded_at"] = time.time()
+        pilot = Pilot(exp, actors, eligible, load_actors(exp, actors), placement_group, snapshot, run_dir)
         if open_tracking is not None:  # MLflow sets up while the actors start
             tracking = _Background("mlflow", open_tracking)
         history, tracker = _drive(cfg, pilot, tracking, run_dir, console, on_eval)
@@ -335,7 +332,8 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
         result["faults"] = pilot.faults()
         result["workers"] = describe_workers(exp, infos, eligible)
         steps = [i["first_step_at"] for i in infos if i.get("first_step_at")]
-        result["timing"] = {**timing, "first_step_at": min(steps) if steps else None}
+        result["timing"] = {**timing, "first_step_at": min(steps) if steps else None,
+                            "round_s_median": summary["round_s_median"]}
         write_json(run_dir / "result.json", result)
         names = [k.name for k, _ in exp.class_counts]
         write_history_csv(run_dir / "history.csv", history, exp.class_index, names)
@@ -367,6 +365,7 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
                 tracking.get().finish(status)
         if started_ray:
             ray.shutdown()
+        restore_sigterm()
 
 
 def _save_latest(pilot: Pilot | None, run_dir: Path, console: Console, how: str) -> None:
@@ -427,6 +426,7 @@ def _drive(cfg: Config, pilot: Pilot, tracking: _Background | None, run_dir: Pat
 def _result(cfg: Config, history: list[dict[str, Any]], summary: dict[str, Any], run_dir: Path,
             tracker: RunTracker | None) -> dict[str, Any]:
     last = history[-1]
+    reported = reported_accuracy(history, cfg.budget.report_window)
     return {
         "algorithm": cfg.algorithm.name,
         "dataset": cfg.data.dataset,
@@ -434,6 +434,9 @@ def _result(cfg: Config, history: list[dict[str, Any]], summary: dict[str, Any],
         "seed": cfg.experiment.seed,
         "final_accuracy": last["accuracy"],
         "best_accuracy": max(r["accuracy"] for r in history),
+        "reported_accuracy": reported["mean"],
+        "reported_accuracy_std": reported["std"],
+        "reported_evaluations": reported["evaluations"],
         "virtual_time_s": last["virtual_time_s"],
         "wall_time_s": last["wall_time_s"],
         "rounds": last["round"],

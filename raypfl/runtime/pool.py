@@ -43,23 +43,29 @@ def build_experiment(cfg: Config, dataset: Dataset, parts: list[np.ndarray]) -> 
     return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], class_index, counts, spec)
 
 
-def start_pool(exp: Experiment, options: list[dict[str, Any]], group: Any = None) -> tuple[list[Any], Any]:
-    """Create the client actors with their Ray `options`; inside a placement group (a Tune trial's), actor i takes
-    bundle i + 1. They restart when their process dies: the caller keeps the dataset's object (the second value)
-    alive for them."""
-    cfg = exp.cfg
-    data = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train, "parts": exp.parts,
-                    "x_test": exp.dataset.x_test, "y_test": exp.dataset.y_test})
+def create_actors(cfg: Config, options: list[dict[str, Any]], group: Any = None) -> list[Any]:
+    """Create the client actors with their Ray `options`, spread over the cluster's nodes (inside a placement group,
+    a Tune trial's, actor i takes bundle i + 1). They start before the data is loaded (`load_actors`) and restart
+    when their process or node dies, on any node that can host them."""
     remote = ray.remote(ClientActor)
     actors = []
     for worker, opts in enumerate(options):
-        opts = {**opts, "max_restarts": cfg.runtime.max_restarts}
+        opts = {**opts, "max_restarts": cfg.runtime.max_restarts, "scheduling_strategy": "SPREAD"}
         if group is not None:
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, worker + 1)
-        actors.append(remote.options(**opts).remote(exp.spec, [data], cfg.training, cfg.experiment.seed,
-                                                    cfg.data.augment, cfg.runtime.device,
-                                                    cfg.runtime.threads_per_worker))
-    return actors, data
+        actors.append(remote.options(**opts).remote(cfg.training, cfg.experiment.seed, cfg.data.augment,
+                                                    cfg.runtime.device, cfg.runtime.threads_per_worker))
+    return actors
+
+
+def load_actors(exp: Experiment, actors: list[Any]) -> Any:
+    """Put the dataset into the object store once and load every actor with it; returns the dataset's object (the
+    caller keeps it, to load restarted actors again)."""
+    data = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train, "parts": exp.parts,
+                    "x_test": exp.dataset.x_test, "y_test": exp.dataset.y_test})
+    for actor in actors:
+        actor.load.remote(exp.spec, data)
+    return data
 
 
 def describe_workers(exp: Experiment, infos: list[dict[str, Any]],
@@ -83,9 +89,10 @@ class Pilot:
     """The driver's side of the aggregator: creates it, keeps its newest snapshot and rebuilds it from that
     snapshot when it dies."""
 
-    def __init__(self, exp: Experiment, actors: list[Any], eligible: list[list[int]], group: Any,
+    def __init__(self, exp: Experiment, actors: list[Any], eligible: list[list[int]], data: Any, group: Any,
                  snapshot: dict[str, Any] | None, run_dir: Path) -> None:
         self.exp = exp
+        self.data = data
         self.model = actors[0].describe_model.remote(exp.cfg.model_dump(mode="json"))
         self.actors = actors
         self.eligible = eligible
@@ -108,7 +115,8 @@ class Pilot:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.group, 0)
         return ray.remote(AggregatorActor).options(**options).remote(
             cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, [self.model], self.actors,
-            self.eligible, len(self.exp.dataset.y_test), self.latest, {v: [r] for v, r in self.versions.items()})
+            self.eligible, (self.exp.spec, [self.data]), len(self.exp.dataset.y_test), self.latest,
+            {v: [r] for v, r in self.versions.items()})
 
     def submit(self) -> None:
         """Let the aggregator run to its next evaluation (collect it with `collect`)."""

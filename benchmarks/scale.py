@@ -1,0 +1,114 @@
+"""Memory and speed against the population size: the same K clients in flight out of N = 100, 1,000, 10,000.
+
+    python -m benchmarks.scale [--populations 100 1000 10000] [--concurrency 100] [--methods fedasync fedgmr]
+                               [--aggregations 200] [--set KEY=VALUE ...]
+
+Each cell is one `raypfl run` (Fashion-MNIST, the `cnn`, 6.6 M parameters) stopped after `--aggregations`
+aggregations. Once a second the benchmark sums the proportional set size (PSS: shared pages split between the
+processes that map them) of every process the run started — the driver, Ray's own processes, the client actors
+and the aggregator — and reports the peak, with the wall time and client updates per wall second (between the
+first training step and the last aggregation). Nothing else may run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+GiB = 2**30
+
+
+def tree_pss(root: psutil.Process) -> int:
+    """Bytes of PSS of `root` and all its descendants (processes that vanish meanwhile count as 0)."""
+    total = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            total += proc.memory_full_info().pss
+    return total
+
+
+def run_cell(n: int, k: int, method: str, aggregations: int, extra: list[str], work: Path) -> dict[str, Any]:
+    out = work / f"{method}-{n}"
+    settings = ["data.dataset=fashion_mnist", "model.name=cnn", f"clients.num_clients={n}",
+                f"clients.concurrency={k}", f"algorithm.name={method}", f"budget.max_rounds={aggregations}",
+                "budget.virtual_time_s=1000000000", *extra]
+    command = [str(Path(sys.executable).parent / "raypfl"), "run", "--output", str(out)]
+    for setting in settings:
+        command += ["--set", setting]
+    started = time.time()
+    proc = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_pss(root))
+            stop.wait(1.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    wall = time.time() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{method} N={n} failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+    result = json.loads((out / "result.json").read_text())
+    timing = result["timing"]
+    busy = timing["simulated_at"] - timing["first_step_at"]
+    return {"n": n, "k": k, "method": method, "wall": wall, "updates": result["client_updates"],
+            "updates_per_s": result["client_updates"] / busy, "peak_gib": peak / GiB,
+            "participants": sum(c["participants"] for c in result["participation"].values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--populations", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--methods", nargs="+", default=["fedasync", "fedgmr"])
+    parser.add_argument("--aggregations", type=int, default=200)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    console = Console()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="raypfl-scale-") as tmp:
+        for method in args.methods:
+            for n in args.populations:
+                console.print(f"{method}, N = {n:,}, K = {args.concurrency} ...")
+                row = run_cell(n, args.concurrency, method, args.aggregations, args.overrides, Path(tmp))
+                console.print(f"  {row['wall']:.0f} s, {row['updates_per_s']:.1f} updates/s, peak PSS "
+                              f"{row['peak_gib']:.2f} GiB")
+                rows.append(row)
+    out = Table(title=f"Fashion-MNIST, cnn, {args.aggregations} aggregations, K = {args.concurrency} in flight")
+    for column in ("N", "K", "method", "wall (s)", "client updates", "clients that trained", "updates/s",
+                   "peak PSS (GiB)"):
+        out.add_column(column, justify="right")
+    for r in rows:
+        out.add_row(f"{r['n']:,}", str(r["k"]), r["method"], f"{r['wall']:.0f}", str(r["updates"]),
+                    f"{r['participants']:,}", f"{r['updates_per_s']:.1f}", f"{r['peak_gib']:.2f}")
+    console.print(out)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

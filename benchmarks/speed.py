@@ -1,0 +1,115 @@
+"""raypfl against the physical limit: `raypfl run CONFIG` and a bare PyTorch loop doing the same SGD work
+(benchmarks/bare_loop.py), run as whole processes in interleaved pairs on this machine.
+
+    python -m benchmarks.speed [--pairs 3] [--config benchmarks/configs/w1.yaml] [--profile DIR]
+
+For each pair it prints both wall times and their ratio, the median time of a round (median of the per-round wall
+times: training, transfers, aggregation, evaluation), and raypfl's time split into start-up (process start to the
+first training step), rounds and shut-down; then the medians over the pairs. Nothing else may run meanwhile: two
+cores are easily shared. A warm-up run of each (not timed) fills the page cache and creates the MLflow database,
+as on a machine that has run raypfl before. `--profile DIR` records one more raypfl run with py-spy (every
+process of the run) into DIR/raypfl.svg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from raypfl.config import load_config
+
+W1 = Path(__file__).parent / "configs" / "w1.yaml"
+
+
+def run_bare(config: Path, cwd: Path) -> dict[str, Any]:
+    started = time.time()
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bare_loop", str(config)], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, check=True).stdout
+    wall = time.time() - started
+    report = json.loads(out.strip().splitlines()[-1])
+    return {"wall": wall, "round": report["round_s_median"], "steps": report["steps"],
+            "accuracy": report["evaluations"][-1]["accuracy"]}
+
+
+def run_raypfl(config: Path, cwd: Path, name: str, prefix: list[str] | None = None) -> dict[str, Any]:
+    raypfl = Path(sys.executable).parent / "raypfl"
+    command = [*(prefix or []), str(raypfl), "run", str(config), "--output", str(cwd / name)]
+    started = time.time()
+    subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    ended = time.time()
+    result = json.loads((cwd / name / "result.json").read_text())
+    timing = result["timing"]
+    return {"wall": ended - started, "round": timing["round_s_median"], "startup": timing["first_step_at"] - started,
+            "rounds": timing["simulated_at"] - timing["first_step_at"], "shutdown": ended - timing["simulated_at"],
+            "accuracy": result["final_accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--config", type=Path, default=W1)
+    parser.add_argument("--profile", type=Path, help="also record a raypfl run with py-spy into this folder")
+    args = parser.parse_args()
+    config = args.config.resolve()
+    cfg = load_config(config)
+    console = Console()
+    steps = cfg.budget.max_rounds * (cfg.clients.concurrency or cfg.clients.num_clients) * cfg.training.local_steps
+    with tempfile.TemporaryDirectory(prefix="raypfl-speed-") as tmp:
+        work = Path(tmp)
+        console.print("warm-up (not timed) ...")
+        run_bare(config, work)
+        run_raypfl(config, work, "warmup")
+        rows = []
+        for pair in range(args.pairs):
+            order = ("bare", "raypfl") if pair % 2 == 0 else ("raypfl", "bare")
+            got = {}
+            for what in order:
+                got[what] = run_bare(config, work) if what == "bare" else run_raypfl(config, work, f"pair{pair}")
+            rows.append(got)
+            b, r = got["bare"], got["raypfl"]
+            console.print(f"pair {pair + 1}: bare {b['wall']:.1f} s, raypfl {r['wall']:.1f} s "
+                          f"(ratio {r['wall'] / b['wall']:.3f}); round {b['round']:.2f} vs {r['round']:.2f} s")
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            pyspy = Path(sys.executable).parent / "py-spy"
+            run_raypfl(config, work, "profiled", [str(pyspy), "record", "--subprocesses", "-r", "50", "-o",
+                                                  str((args.profile / "raypfl.svg").resolve()), "--"])
+            console.print(f"profile written to {args.profile / 'raypfl.svg'}")
+    console.print(table(rows, steps, config))
+
+
+def table(rows: list[dict[str, dict[str, Any]]], steps: int, config: Path) -> Table:
+    out = Table(title=f"{config.name}: {steps} SGD steps, whole processes, interleaved pairs")
+    for column in ("pair", "bare (s)", "raypfl (s)", "ratio", "bare round (s)", "raypfl round (s)", "round ratio",
+                   "steps/s bare", "steps/s raypfl", "start-up (s)", "rounds (s)", "shut-down (s)"):
+        out.add_column(column, justify="right")
+
+    def cells(b: dict[str, Any], r: dict[str, Any]) -> list[str]:
+        return [f"{b['wall']:.1f}", f"{r['wall']:.1f}", f"{r['wall'] / b['wall']:.3f}", f"{b['round']:.2f}",
+                f"{r['round']:.2f}", f"{r['round'] / b['round']:.3f}", f"{steps / b['wall']:.1f}",
+                f"{steps / r['wall']:.1f}", f"{r['startup']:.1f}", f"{r['rounds']:.1f}", f"{r['shutdown']:.1f}"]
+
+    for k, row in enumerate(rows):
+        out.add_row(str(k + 1), *cells(row["bare"], row["raypfl"]))
+    median = {what: {key: statistics.median(row[what][key] for row in rows) for key in rows[0][what]}
+              for what in ("bare", "raypfl")}
+    ratios = [row["raypfl"]["wall"] / row["bare"]["wall"] for row in rows]
+    round_ratios = [row["raypfl"]["round"] / row["bare"]["round"] for row in rows]
+    last = cells(median["bare"], median["raypfl"])
+    last[2], last[5] = f"{statistics.median(ratios):.3f}", f"{statistics.median(round_ratios):.3f}"
+    out.add_row("median", *last)
+    return out
+
+
+if __name__ == "__main__":
+    main()

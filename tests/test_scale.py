@@ -1,0 +1,73 @@
+"""Populations larger than the clients in flight, end to end on Ray with the embedded digits data."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from raypfl.config import load_config
+from raypfl.errors import Terminated
+from raypfl.runtime.checkpoint import CHECKPOINT
+from raypfl.runtime.driver import run_experiment
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+POPULATION = ["clients.num_clients=40", "clients.concurrency=6", "budget.virtual_time_s=90", "budget.eval_every=5",
+              "experiment.seed=2", "tracking.enabled=false"]
+
+
+def run(out: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
+    return run_experiment(load_config(overrides=[*POPULATION, *overrides]), output=out, console=Console(quiet=True),
+                          **kwargs)
+
+
+def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedgmr", "heterofl"])
+def test_every_kind_of_method_runs_k_of_n_clients(algorithm: str, tmp_path: Path) -> None:
+    result = run(tmp_path / "run", f"algorithm.name={algorithm}")
+    participation = result["participation"]
+    trained = sum(row["participants"] for row in participation.values())
+    assert 6 < trained <= 40  # slots moved through the population
+    assert sum(row["clients"] for row in participation.values()) == 40
+    assert sum(row["updates"] for row in participation.values()) == result["client_updates"] > 0
+    assert all(len(r["densities"]) == 40 for r in result["history"])
+
+
+def test_draws_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    one = run(tmp_path / "one", "algorithm.name=fedgmr", "runtime.num_workers=1")
+    three = run(tmp_path / "three", "algorithm.name=fedgmr", "runtime.num_workers=3")
+    assert comparable(one["history"]) == comparable(three["history"])
+    assert one["clients"] == three["clients"]
+
+
+def test_an_interrupted_population_run_resumes_to_the_same_history(tmp_path: Path) -> None:
+    whole = run(tmp_path / "whole", "algorithm.name=fedasync")
+
+    def stop_after_three(history: list[dict[str, Any]], _saved: Path | None) -> None:
+        if len(history) == 3:
+            raise Terminated  # what SIGTERM raises: the newest snapshot becomes the checkpoint
+
+    with pytest.raises(Terminated):
+        run(tmp_path / "cut", "algorithm.name=fedasync", on_eval=stop_after_three)
+    assert (tmp_path / "cut" / CHECKPOINT).is_file()
+    resumed = run_experiment(resume=tmp_path / "cut", console=Console(quiet=True))
+    assert comparable(resumed["history"]) == comparable(whole["history"])
+    assert resumed["participation"] == whole["participation"]
+
+
+def test_a_population_of_ten_thousand(tmp_path: Path) -> None:
+    result = run_experiment(load_config(overrides=[
+        "clients.num_clients=10000", "clients.concurrency=20", "data.partition.samples_per_client=20",
+        "algorithm.name=fedasync", "budget.max_rounds=60", "budget.eval_every=20", "tracking.enabled=false"]),
+        output=tmp_path / "run", console=Console(quiet=True))
+    assert result["rounds"] == 60 and result["client_updates"] == 60
+    assert len(result["clients"]) == 10000
+    trained = sum(row["participants"] for row in result["participation"].values())
+    assert 20 < trained <= 80
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith("density_")] == ["density_d1", "density_d0.5", "density_d0.2",
+                                                               "density_d0.1", "density_d0.05"]
