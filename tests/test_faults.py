@@ -124,7 +124,7 @@ def test_an_interrupted_run_checkpoints_is_marked_killed_and_resumes(sig: int, c
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    settings = ["--set", "budget.virtual_time_s=400", "--set", "budget.eval_every=5", "--set",
+    settings = ["--set", "budget.virtual_time_s=250", "--set", "budget.eval_every=5", "--set",
                 "runtime.checkpoint_every=1", "--set", f"tracking.uri={uri}", "--set", "clients.num_clients=6"]
     run_dir = tmp_path / "run"
     proc = cli("run", *settings, "--output", str(run_dir), cwd=tmp_path)
@@ -135,12 +135,14 @@ def test_an_interrupted_run_checkpoints_is_marked_killed_and_resumes(sig: int, c
     assert "--resume" in err and "Traceback" not in err
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+    if sig == signal.SIGINT:
+        return  # the resume below is the same after either signal
 
     resumed = cli("run", "--resume", str(run_dir), cwd=tmp_path)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["virtual_time_s"] == 400.0
+    assert result["virtual_time_s"] == 250.0
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
     again = cli("run", "--resume", str(run_dir), cwd=tmp_path)  # a finished run: one line, nothing changes
