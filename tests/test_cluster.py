@@ -115,16 +115,22 @@ def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster:
                              capture_output=True, text=True, timeout=120)
         return out.stdout + out.stderr
 
-    def wait(name: str, until: float) -> str:
+    def logs(name: str) -> str:
+        out = subprocess.run(["ray", "job", "logs", "--address", DASHBOARD, name], env=cluster,
+                             capture_output=True, text=True, timeout=120)
+        return (out.stdout + out.stderr)[-6000:]
+
+    def wait(name: str, until: float) -> None:
         while time.monotonic() < until:
             text = status(name).lower()
-            if any(s in text for s in ("succeeded", "failed", "stopped")):
-                return text
+            if "succeeded" in text:
+                return
+            assert "failed" not in text and "stopped" not in text, f"job {name} ended badly:\n{logs(name)}"
             time.sleep(2)
-        raise AssertionError(f"job {name} did not end: {status(name)}")
+        raise AssertionError(f"job {name} did not end: {status(name)}\n{logs(name)}")
 
     submit("undisturbed")
-    assert "succeeded" in wait("undisturbed", time.monotonic() + 600)
+    wait("undisturbed", time.monotonic() + 600)
     calm = json.loads((tmp_path / "undisturbed" / "result.json").read_text())
     assert len({w["node"] for w in calm["workers"]}) == 2  # spread: one actor on each node
 
@@ -134,7 +140,7 @@ def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster:
         assert time.monotonic() < deadline and "failed" not in status("disturbed").lower()
         time.sleep(1)
     subprocess.run([str(SCRIPT), "kill-node", "1"], env=cluster, check=True, capture_output=True, timeout=60)
-    assert "succeeded" in wait("disturbed", deadline)
+    wait("disturbed", deadline)
     hurt = json.loads((tmp_path / "disturbed" / "result.json").read_text())
 
     def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,14 +9,19 @@ never need it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from raypfl.config import Config, TrainingConfig
 from raypfl.fl.jobs import Mask, ModelSpec, TrainJob, TrainResult, Weights
+
+
+class NotLoaded(RuntimeError):
+    """A job reached an actor that Ray restarted but the dispatcher has not loaded again yet."""
 
 
 class ClientActor:
@@ -45,6 +50,11 @@ class ClientActor:
         self.trainer = ClientTrainer(spec, data["x"], data["y"], data["parts"], training, seed, augment, device,
                                      data["x_test"], data["y_test"], copy_results=False)
 
+    def _loaded(self) -> Any:
+        if self.trainer is None:  # a call sent while the actor was restarting: the dispatcher reloads and reruns it
+            raise NotLoaded("this client actor was restarted and has no data yet")
+        return self.trainer
+
     def describe_model(self, config: dict[str, Any]) -> Any:
         """The initial model and its facts (`raypfl.runtime.training.describe_model`), built here so that the
         driver need not import PyTorch."""
@@ -55,10 +65,10 @@ class ClientActor:
 
     def train(self, job: TrainJob, weights: Weights, mask: Mask | None) -> TrainResult:
         """The job's result, without its mask: the server has it already (`Server._job_mask`)."""
-        return replace(self.trainer.train(replace(job, mask=mask), weights), mask=None)
+        return replace(self._loaded().train(replace(job, mask=mask), weights), mask=None)
 
     def evaluate(self, weights: Weights, start: int, stop: int) -> list[tuple[int, float]]:
-        return self.trainer.evaluate(weights, start, stop)
+        return self._loaded().evaluate(weights, start, stop)
 
     def info(self) -> dict[str, Any]:
         trainer = self.trainer
@@ -73,9 +83,18 @@ class ClientActor:
 def worker_info(actors: list[Any]) -> list[dict[str, Any]]:
     """What each client actor reports of itself; a dead one reports nothing."""
     out = []
+    deadline = time.monotonic() + 60
     for actor in actors:
-        try:
-            out.append(ray.get(actor.info.remote(), timeout=60))
-        except (RayActorError, GetTimeoutError):
+        while True:
+            try:
+                out.append(ray.get(actor.info.remote(), timeout=max(1.0, deadline - time.monotonic())))
+                break
+            except ActorUnavailableError:  # restarting: it answers once it is back
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+            except (RayActorError, GetTimeoutError):
+                pass
             out.append({"pid": None, "node": None, "device": None, "gpu_ids": [], "steps": 0, "first_step_at": None})
+            break
     return out

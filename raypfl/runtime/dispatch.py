@@ -16,10 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, ObjectLostError, OwnerDiedError, RayActorError
+from ray.exceptions import ActorUnavailableError, ObjectLostError, OwnerDiedError, RayActorError, RayTaskError
 
 from raypfl.fl.evaluation import eval_splits, summarise_batches
 from raypfl.fl.jobs import Mask, MaskKey, TrainJob, TrainResult, Weights
+from raypfl.runtime.client import NotLoaded
 
 WORKER_LOST = (RayActorError, ObjectLostError, OwnerDiedError)  # a job's worker or its result is gone: rerun it
 _PROBE_PAUSE_S = 0.2
@@ -177,6 +178,11 @@ class ActorPoolTrainer:
         except WORKER_LOST as exc:
             self._lost(task, exc)
             return None
+        except RayTaskError as exc:
+            if not isinstance(exc.cause, NotLoaded):
+                raise
+            self._lost(task, exc)
+            return None
         if task.kind == "ping":
             if not value["loaded"] and self.reload is not None:  # restarted: give it the data before any work
                 self.reload(self.actors[task.worker])
@@ -201,7 +207,8 @@ class ActorPoolTrainer:
             self._probing.discard(worker)
             self._check_coverage()
             return
-        what = f"{type(exc).__name__}: {_first_line(exc)}"
+        cause = exc.cause if isinstance(exc, RayTaskError) else exc
+        what = f"{type(cause).__name__}: {_first_line(cause)}"
         self.faults.append({**self.context(), "worker": worker, "kind": task.kind,
                             "client": task.job.client if task.job is not None else None, "what": what})
         if worker not in self._probing and self._alive[worker]:

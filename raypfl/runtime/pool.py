@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from raypfl.config import Config
 from raypfl.data import Dataset
@@ -85,6 +85,12 @@ def describe_workers(exp: Experiment, infos: list[dict[str, Any]],
     return out
 
 
+def _lost_its_node(exc: RayTaskError) -> bool:
+    """An aggregator task that failed in Ray's own I/O (a broken pipe or a reset connection to a node that went
+    away). The aggregator does no file I/O itself, so any OSError there is Ray's: rebuilding is safe."""
+    return isinstance(exc.cause, OSError)
+
+
 class Pilot:
     """The driver's side of the aggregator: creates it, keeps its newest snapshot and rebuilds it from that
     snapshot when it dies."""
@@ -113,6 +119,9 @@ class Pilot:
         options: dict[str, Any] = {"num_cpus": 0}
         if self.group is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.group, 0)
+        else:  # beside the driver: a node loss that takes the aggregator then takes the driver too
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                            soft=True)
         return ray.remote(AggregatorActor).options(**options).remote(
             cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, [self.model], self.actors,
             self.eligible, (self.exp.spec, [self.data]), len(self.exp.dataset.y_test), self.latest,
@@ -130,7 +139,10 @@ class Pilot:
                 step = ray.get(self._pending)
                 self._take_snapshot()
                 return step
-            except RayActorError as exc:
+            except (RayActorError, RayTaskError) as exc:
+                if isinstance(exc, RayTaskError) and not _lost_its_node(exc):
+                    raise
+                ray.kill(self.aggregator, no_restart=True)
                 self.rebuilds += 1
                 where = self.latest["scalars"] if self.latest is not None else {"now": 0.0, "round": 0}
                 self.lost_faults.append({"virtual_time_s": float(where["now"]), "round": int(where["round"]),
