@@ -165,6 +165,7 @@ def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
             hit = [t for t in reach if t is not None]
             row[f"time to {100 * target:g} % (s)"] = (_mean_std(hit, fmt="{:.0f}") if hit else "not reached") + (
                 f" ({len(hit)}/{len(reach)})" if len(hit) not in (0, len(reach)) else "")
+        row["final mean density"] = _mean_std([r.history[-1]["mean_density"] for r in members])
         row["MB up + down"] = _mean_std([(r.history[-1]["bytes_up"] + r.history[-1]["bytes_down"]) / 2**20
                                          for r in members], fmt="{:,.0f}")
         rows.append(row)
@@ -181,14 +182,23 @@ def compare_runs(runs: list[RunData], output: Path, console: Console) -> list[Pa
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
     output.mkdir(parents=True, exist_ok=True)
-    written = [output / "compare.csv"]
+    written = [output / "compare.csv", output / "compare.md"]
     with written[0].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    written[1].write_text(markdown_table(rows))
     written += plot_comparison(runs, output)
     console.print(f"table and plots written to {output}")
     return written
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table, for reports (docs/REPRODUCTION.md is written from one)."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _on_grid(run: RunData, key: str, grid: np.ndarray) -> np.ndarray:

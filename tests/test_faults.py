@@ -29,10 +29,14 @@ def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ray_processes(name: str) -> list[psutil.Process]:
-    """This machine's Ray worker processes of an actor class (Ray titles them `ray::Class.method`)."""
+    """The Ray worker processes of an actor class (Ray titles them `ray::Class.method`) that this test session
+    started: other Ray instances on the machine are left alone."""
     out = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
         if cmdline.startswith(f"ray::{name}"):
             out.append(proc)
     return out

@@ -103,10 +103,13 @@ def test_four_trial_sweep_nests_in_mlflow_and_compares(tmp_path: Path, tracking_
                  "--output", str(out_dir)])
     out = capsys.readouterr().out
     assert code == 0 and "fedavg" in out and "fedgmr" in out and "4 runs" in out
-    for name in ("compare.csv", "compare_accuracy.png", "compare_density.png", "compare_bytes.png"):
+    for name in ("compare.csv", "compare.md", "compare_accuracy.png", "compare_density.png", "compare_bytes.png"):
         assert (out_dir / name).stat().st_size > 0, name
     rows = (out_dir / "compare.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("fedavg,digits,high,\"0,1\",2,")
+    table = (out_dir / "compare.md").read_text().splitlines()
+    assert len(table) == 4 and table[0].startswith("| method | dataset |") and table[1].startswith("|---|")
+    assert table[2].startswith("| fedavg | digits | high | 0,1 | 2 |") and "final mean density" in table[0]
 
     trial_dirs = sorted((tmp_path / "runs" / "sweeps" / "four" / "trials").iterdir())
     assert main(["compare", *map(str, trial_dirs), "--output", str(tmp_path / "cmp2")]) == 0

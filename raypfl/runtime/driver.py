@@ -176,17 +176,29 @@ def prepare_run_dir(run_dir: Path) -> None:
                         "(set experiment.output_dir or --output to a writable folder)") from None
 
 
+_interrupted: list[type[BaseException]] = []  # what the latest SIGINT / SIGTERM of this run raised
+
+
 def _stop_on_sigterm() -> Callable[[], None]:
-    """From now on SIGTERM raises Terminated in the main thread, as Ctrl+C raises KeyboardInterrupt (called after
-    ray.init, which installs a handler of its own); returns what puts the previous handler back."""
+    """From now on SIGTERM raises Terminated in the main thread, and Ctrl+C KeyboardInterrupt (called after
+    ray.init, which installs a handler of its own); returns what puts the previous handlers back. Which one came
+    is remembered: raised inside a C call (Ray's), the exception can surface as a SystemError instead."""
+    _interrupted.clear()
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def stop(_signum: int, _frame: Any) -> None:
-        raise Terminated
+    def stop(signum: int, _frame: Any) -> None:
+        kind = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        _interrupted.append(kind)
+        raise kind
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 class _Background:
@@ -355,6 +367,12 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
     except RunFailed:
         _save_latest(pilot, run_dir, console, "stopped")
         raise
+    except Exception:
+        if not _interrupted:
+            raise
+        status = "KILLED"  # the signal landed inside a C call, which reported it as another error
+        _save_latest(pilot, run_dir, console, "interrupted")
+        raise _interrupted[-1]() from None
     finally:
         for actor in actors:
             ray.kill(actor)
