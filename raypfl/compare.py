@@ -229,7 +229,8 @@ def plot_comparison(runs: list[RunData], output: Path) -> list[Path]:
             (line,) = ax.plot(grid, mean, label=f"{label} (n={len(members)})")
             if len(members) > 1:
                 std = curves.std(axis=0, ddof=1)
-                ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+                low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # both are fractions
+                ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("virtual time (s)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
