@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--sweep", metavar="NAME_OR_RUN_ID", help="only the trials of this sweep (with --experiment)")
     compare.add_argument("--tracking-uri", metavar="URI",
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    compare.add_argument("--by-name", action="store_true",
+                         help="group run directories by experiment.name (a sweep's variant) instead of method")
     compare.add_argument("--output", metavar="DIR", default="compare", help="where the table and plots go")
     compare.set_defaults(handler=_cmd_compare)
 
@@ -114,7 +116,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.sweep and not args.experiment:
         raise UserError("--sweep needs --experiment")
     if args.run_dirs:
-        compare_runs(load_run_dirs(args.run_dirs), Path(args.output), console)
+        compare_runs(load_run_dirs(args.run_dirs, ["variant"] if args.by_name else None), Path(args.output), console)
         return 0
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     runs, parent = load_mlflow_runs(uri, args.experiment, args.sweep)

@@ -159,6 +159,9 @@ def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
                                "runs": len(members),
                                "reported accuracy (%)": _mean_std(
                                    [reported_accuracy(r.history, r.report_window)["mean"] for r in members], 100),
+                               "global model, same window (%)": _mean_std(
+                                   [reported_accuracy(r.history, r.report_window, cache=False)["mean"]
+                                    for r in members], 100),
                                "final accuracy (%)": _mean_std([r.history[-1]["accuracy"] for r in members], 100)}
         for target in targets:
             reach = [time_to_accuracy(r.history, [target])[f"{target:g}"] for r in members]

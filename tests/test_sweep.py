@@ -114,6 +114,9 @@ def test_four_trial_sweep_nests_in_mlflow_and_compares(tmp_path: Path, tracking_
     trial_dirs = sorted((tmp_path / "runs" / "sweeps" / "four" / "trials").iterdir())
     assert main(["compare", *map(str, trial_dirs), "--output", str(tmp_path / "cmp2")]) == 0
     assert (tmp_path / "cmp2" / "compare_accuracy.png").is_file()
+    assert main(["compare", "--by-name", *map(str, trial_dirs), "--output", str(tmp_path / "cmp3")]) == 0
+    names = {line.split(",")[0] for line in (tmp_path / "cmp3" / "compare.csv").read_text().splitlines()[1:]}
+    assert names == {yaml.safe_load((d / "config.yaml").read_text())["experiment"]["name"] for d in trial_dirs}
 
 
 @pytest.mark.parametrize(
