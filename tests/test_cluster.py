@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -94,6 +95,18 @@ def test_client_actors_run_on_the_node_pools_their_classes_name(job: dict[str, A
     assert workers[("fast",)]["node"] != workers[("slow",)]["node"]
 
 
+def stacks() -> str:
+    """Where the run's processes are (py-spy, which comes with Ray): what a hung job's failure should show."""
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if "raypfl run" in command or command.startswith(("ray::AggregatorActor", "ray::ClientActor")):
+            dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(proc.pid)],
+                                  capture_output=True, text=True, timeout=60)
+            out.append(f"--- pid {proc.pid}: {command[:100]}\n{dump.stdout[-4000:]}{dump.stderr[-500:]}")
+    return "\n".join(out)
+
+
 def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster: dict[str, str],
                                                                          tmp_path: Path) -> None:
     # Last in this module: it kills the worker node. Client actors are spread over both nodes; the one on the
@@ -118,7 +131,8 @@ def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster:
     def logs(name: str) -> str:
         out = subprocess.run(["ray", "job", "logs", "--address", DASHBOARD, name], env=cluster,
                              capture_output=True, text=True, timeout=120)
-        return (out.stdout + out.stderr)[-6000:]
+        lines = [line for line in (out.stdout + out.stderr).splitlines() if "[state-dump]" not in line]
+        return "\n".join(lines)[-6000:]
 
     def wait(name: str, until: float) -> None:
         while time.monotonic() < until:
@@ -127,7 +141,7 @@ def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster:
                 return
             assert "failed" not in text and "stopped" not in text, f"job {name} ended badly:\n{logs(name)}"
             time.sleep(2)
-        raise AssertionError(f"job {name} did not end: {status(name)}\n{logs(name)}")
+        raise AssertionError(f"job {name} did not end: {status(name)}\n{logs(name)}\n{stacks()}")
 
     submit("undisturbed")
     wait("undisturbed", time.monotonic() + 600)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 from rich.console import Console
@@ -103,6 +104,34 @@ def test_a_worker_that_keeps_dying_stops_the_run_with_a_checkpoint(tmp_path: Pat
     assert (tmp_path / "run" / CHECKPOINT).is_file()
     resumed = run_experiment(resume=tmp_path / "run", console=Console(quiet=True))
     assert resumed["virtual_time_s"] == 120.0
+
+
+class Jinxed:
+    """A client actor that looks healthy but can never run a job (as when a job's argument object is gone)."""
+
+    def train(self, *_args: Any) -> None:
+        from raypfl.runtime.client import NotLoaded
+
+        raise NotLoaded("never")
+
+    def info(self) -> dict[str, Any]:
+        return {"loaded": True}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_job_that_can_never_run_stops_the_run_instead_of_looping() -> None:
+    import ray
+
+    from raypfl.fl.jobs import TrainJob
+    from raypfl.runtime.dispatch import ActorPoolTrainer, WorkersLost
+
+    actors = [ray.remote(Jinxed).options(num_cpus=0).remote() for _ in range(2)]
+    trainer = ActorPoolTrainer(actors, [[0, 1]], lambda _client: 0, 8, 8, max_restarts=1)
+    trainer.publish(0, {"w": np.zeros(3, np.float32)})
+    trainer.submit([TrainJob(client=7, version=0, cycle=0, mask=None, lr=0.1, local_steps=1)])
+    with pytest.raises(WorkersLost, match="a train task failed 4 times, last with NotLoaded: never"):
+        trainer.collect([7])  # (1 + max_restarts) x 2 actors attempts, then it gives up
+    assert len(trainer.faults) == 4
 
 
 def latest_ray_session() -> str | None:

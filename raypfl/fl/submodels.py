@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raypfl.config import PruningConfig, WidthConfig
+from raypfl.fl.distribution import Sizes
 from raypfl.fl.jobs import Mask, Weights
 from raypfl.fl.masks import GradImportance, build_nested_masks, importance, layer_costs, pack_mask, unpack_mask
 from raypfl.fl.slicing import WidthPlan, od_widths
@@ -24,6 +25,16 @@ class ModelFacts:
     flops_per_weight: dict[str, float]
     flops_per_round: float
     width_plan: WidthPlan | None = None  # for width-sliced sub-models
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The initial global model and what the server needs to know of it. Defined here, not beside the PyTorch
+    code that builds it, so that the aggregator and the driver can hold one without importing PyTorch."""
+
+    weights: Weights
+    sizes: Sizes
+    facts: ModelFacts
 
 
 def make_submodels(pruning: PruningConfig, width: WidthConfig, facts: ModelFacts,

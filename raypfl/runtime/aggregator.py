@@ -25,13 +25,14 @@ class AggregatorActor:
                  load: tuple[ModelSpec, list[ray.ObjectRef]], test_size: int, snapshot: dict[str, Any] | None = None,
                  versions: dict[int, list[ray.ObjectRef]] | None = None) -> None:
         """`model_ref`: in a list (fetched here, so that this actor starts while a client actor still builds it),
-        the initial model's `raypfl.runtime.training.ModelDescription`. `load`: what a restarted client actor is
+        the initial model's `raypfl.fl.submodels.ModelDescription`. `load`: what a restarted client actor is
         loaded with again (the spec, and the dataset's object in a list)."""
         cfg = Config.model_validate(config)
         spec, (data,) = load
         self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(class_index[client]),
                                         cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth,
-                                        reload=lambda actor: actor.load.remote(spec, data))
+                                        reload=lambda actor: actor.load.remote(spec, data),
+                                        max_restarts=cfg.runtime.max_restarts)
         model = ray.get(model_ref[0])
         self.server = Server(cfg, classes, model.weights, model.sizes, model.facts, self.trainer)
         self.trainer.context = lambda: {"virtual_time_s": self.server.state.now, "round": self.server.state.round}

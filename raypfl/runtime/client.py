@@ -55,13 +55,12 @@ class ClientActor:
             raise NotLoaded("this client actor was restarted and has no data yet")
         return self.trainer
 
-    def describe_model(self, config: dict[str, Any]) -> Any:
+    def describe_model(self, config: dict[str, Any], spec: ModelSpec) -> Any:
         """The initial model and its facts (`raypfl.runtime.training.describe_model`), built here so that the
-        driver need not import PyTorch."""
+        driver need not import PyTorch. It needs nothing loaded: a restarted actor answers it too."""
         from raypfl.runtime.training import describe_model
 
-        assert self.spec is not None
-        return describe_model(Config.model_validate(config), self.spec)
+        return describe_model(Config.model_validate(config), spec)
 
     def train(self, job: TrainJob, weights: Weights, mask: Mask | None) -> TrainResult:
         """The job's result, without its mask: the server has it already (`Server._job_mask`)."""

@@ -27,7 +27,8 @@ _PROBE_PAUSE_S = 0.2
 
 
 class WorkersLost(RuntimeError):
-    """No live client actor can run some class's jobs any more: the run cannot go on."""
+    """The client actors cannot run some of the work any more (none left for a class, or a task that failed more
+    often than every actor could have died under it): the run cannot go on."""
 
 
 @dataclass(order=True)
@@ -53,7 +54,7 @@ class ActorPoolTrainer:
 
     def __init__(self, actors: list[Any], eligible: list[list[int]], client_class: Callable[[int], int],
                  eval_batch_size: int, test_size: int, depth: int = 2,
-                 reload: Callable[[Any], Any] | None = None) -> None:
+                 reload: Callable[[Any], Any] | None = None, max_restarts: int = 5) -> None:
         self.actors = actors
         self.eligible = eligible
         self.client_class = client_class
@@ -61,6 +62,9 @@ class ActorPoolTrainer:
         self.test_size = test_size
         self.depth = depth
         self.reload = reload  # loads a restarted actor (which comes back empty) again
+        # Every actor dying as often as Ray restarts it, each time with this task: more means the task itself
+        # cannot run (e.g. an argument's object is gone), and running it again would loop for ever.
+        self.max_attempts = (max_restarts + 1) * len(actors)
         self.context: Callable[[], dict[str, Any]] = dict  # where the run is (virtual time, round), for faults
         self.faults: list[dict[str, Any]] = []
         self.versions: dict[int, ray.ObjectRef] = {}
@@ -211,6 +215,8 @@ class ActorPoolTrainer:
         what = f"{type(cause).__name__}: {_first_line(cause)}"
         self.faults.append({**self.context(), "worker": worker, "kind": task.kind,
                             "client": task.job.client if task.job is not None else None, "what": what})
+        if task.attempt + 1 >= self.max_attempts:
+            raise WorkersLost(f"a {task.kind} task failed {task.attempt + 1} times, last with {what}")
         if worker not in self._probing and self._alive[worker]:
             self._probing.add(worker)
             self._start(self.actors[worker].info.remote(), _Task("ping", worker))

@@ -99,8 +99,9 @@ class Pilot:
                  snapshot: dict[str, Any] | None, run_dir: Path) -> None:
         self.exp = exp
         self.data = data
-        self.model = actors[0].describe_model.remote(exp.cfg.model_dump(mode="json"))
         self.actors = actors
+        self.model = self._describe()
+        self.model_is_ours = False  # until the first snapshot, the model lives where the client actor built it
         self.eligible = eligible
         self.group = group
         self.run_dir = run_dir
@@ -114,14 +115,18 @@ class Pilot:
             self.latest = snapshot
         self.aggregator = self._start()
 
+    def _describe(self) -> Any:
+        return self.actors[0].describe_model.remote(self.exp.cfg.model_dump(mode="json"), self.exp.spec)
+
     def _start(self) -> Any:
         cfg = self.exp.cfg
         options: dict[str, Any] = {"num_cpus": 0}
         if self.group is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.group, 0)
-        else:  # beside the driver: a node loss that takes the aggregator then takes the driver too
+        else:  # beside the driver: a node loss that takes the aggregator (and the objects it made) takes the
+            # driver too. Not soft: a soft affinity lands elsewhere whenever the node looks busy for a moment.
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
-                                                                            soft=True)
+                                                                            soft=False)
         return ray.remote(AggregatorActor).options(**options).remote(
             cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, [self.model], self.actors,
             self.eligible, (self.exp.spec, [self.data]), len(self.exp.dataset.y_test), self.latest,
@@ -152,12 +157,17 @@ class Pilot:
                     raise RunFailed(f"the aggregator died {self.rebuilds} times") from None
                 if self.latest is not None:  # what the dead one had reported by its last snapshot
                     self.lost_faults.extend(self.latest.pop("faults", []))
+                if not self.model_is_ours:  # its node may be the one that went away
+                    self.model = self._describe()
                 self.aggregator = self._start()
                 self.submit()
 
     def _take_snapshot(self) -> None:
         """The aggregator's state now; versions it needs become driver-owned objects (no second copy)."""
         snap = ray.get(self.aggregator.snapshot.remote())
+        if not self.model_is_ours:  # a copy on this node: a rebuilt aggregator must not need the builder's node
+            self.model = ray.put(ray.get(self.model))
+            self.model_is_ours = True
         held = [int(v) for v in snap.pop("held_versions")]
         new = [v for v in held if v not in self.versions]
         if new:

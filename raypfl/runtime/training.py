@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,18 +22,9 @@ from raypfl.fl.distribution import SizeModel, Sizes, WidthSizeModel
 from raypfl.fl.evaluation import summarise_batches
 from raypfl.fl.jobs import Mask, ModelSpec, TrainJob, TrainResult, Weights
 from raypfl.fl.slicing import WidthPlan, extract, indices_from_mask
-from raypfl.fl.submodels import ModelFacts
+from raypfl.fl.submodels import ModelDescription, ModelFacts
 from raypfl.models import dense_size_bytes, prunable_parameters
 from raypfl.models.width import OrderedDropout, narrow_model, width_plan
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """The initial global model and what the server needs to know of it."""
-
-    weights: Weights
-    sizes: Sizes
-    facts: ModelFacts
 
 
 def describe_model(cfg: Config, spec: ModelSpec) -> ModelDescription:
