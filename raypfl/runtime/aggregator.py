@@ -22,13 +22,17 @@ from raypfl.sim.heterogeneity import ClientClass
 class AggregatorActor:
     def __init__(self, config: dict[str, Any], classes: list[ClientClass], class_index: np.ndarray,
                  model_ref: list[ray.ObjectRef], actors: list[Any], eligible: list[list[int]],
-                 load: tuple[ModelSpec, list[ray.ObjectRef]], test_size: int, snapshot: dict[str, Any] | None = None,
+                 load: tuple[ModelSpec, list[ray.ObjectRef], list[ray.ObjectRef]], test_size: int,
+                 snapshot: dict[str, Any] | None = None,
                  versions: dict[int, list[ray.ObjectRef]] | None = None) -> None:
         """`model_ref`: in a list (fetched here, so that this actor starts while a client actor still builds it),
         the initial model's `raypfl.fl.submodels.ModelDescription`. `load`: what a restarted client actor is
-        loaded with again (the spec, and the dataset's object in a list)."""
+        loaded with again (the spec, and the dataset's object in a list), and the driver's first loads."""
         cfg = Config.model_validate(config)
-        spec, (data,) = load
+        spec, (data,), loads = load
+        # Calls from two callers to one actor are not ordered: a job sent before the driver's load has run would
+        # find the actor empty. Waited for, not fetched: a load that failed is the dispatcher's to notice.
+        ray.wait(loads, num_returns=len(loads))
         self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(class_index[client]),
                                         cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth,
                                         reload=lambda actor: actor.load.remote(spec, data),

@@ -3,7 +3,7 @@ never imports PyTorch) and the aggregator's pilot."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +58,18 @@ def create_actors(cfg: Config, options: list[dict[str, Any]], group: Any = None)
     return actors
 
 
-def load_actors(exp: Experiment, actors: list[Any]) -> Any:
+def load_actors(exp: Experiment, actors: list[Any]) -> tuple[Any, list[Any]]:
     """Put the dataset into the object store once and load every actor with it; returns the dataset's object (the
-    caller keeps it, to load restarted actors again)."""
+    caller keeps it, to load restarted actors again) and the loads' objects (done when the actors are loaded)."""
     data = ray.put({"x": exp.dataset.x_train, "y": exp.dataset.y_train, "parts": exp.parts,
                     "x_test": exp.dataset.x_test, "y_test": exp.dataset.y_test})
-    for actor in actors:
-        actor.load.remote(exp.spec, data)
-    return data
+    loads = [actor.load.remote(exp.spec, data) for actor in actors]
+    # From here on the driver reads the object store's copy (shared with the actors) and frees its own
+    stored = ray.get(data)
+    exp.dataset = replace(exp.dataset, x_train=stored["x"], y_train=stored["y"], x_test=stored["x_test"],
+                          y_test=stored["y_test"])
+    exp.parts = stored["parts"]
+    return data, loads
 
 
 def describe_workers(exp: Experiment, infos: list[dict[str, Any]],
@@ -91,14 +95,17 @@ def _lost_its_node(exc: RayTaskError) -> bool:
     return isinstance(exc.cause, OSError)
 
 
+_EXPORT_CHUNK = 4  # model versions the driver takes over per call
+
+
 class Pilot:
     """The driver's side of the aggregator: creates it, keeps its newest snapshot and rebuilds it from that
     snapshot when it dies."""
 
-    def __init__(self, exp: Experiment, actors: list[Any], eligible: list[list[int]], data: Any, group: Any,
-                 snapshot: dict[str, Any] | None, run_dir: Path) -> None:
+    def __init__(self, exp: Experiment, actors: list[Any], eligible: list[list[int]],
+                 loading: tuple[Any, list[Any]], group: Any, snapshot: dict[str, Any] | None, run_dir: Path) -> None:
         self.exp = exp
-        self.data = data
+        self.data, self.loads = loading  # `load_actors`' objects
         self.actors = actors
         self.model = self._describe()
         self.model_is_ours = False  # until the first snapshot, the model lives where the client actor built it
@@ -129,7 +136,7 @@ class Pilot:
                                                                             soft=False)
         return ray.remote(AggregatorActor).options(**options).remote(
             cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, [self.model], self.actors,
-            self.eligible, (self.exp.spec, [self.data]), len(self.exp.dataset.y_test), self.latest,
+            self.eligible, (self.exp.spec, [self.data], self.loads), len(self.exp.dataset.y_test), self.latest,
             {v: [r] for v, r in self.versions.items()})
 
     def submit(self) -> None:
@@ -170,11 +177,12 @@ class Pilot:
             self.model_is_ours = True
         held = [int(v) for v in snap.pop("held_versions")]
         new = [v for v in held if v not in self.versions]
-        if new:
-            refs = self.aggregator.export_versions.options(num_returns=len(new)).remote(new)
-            refs = [refs] if len(new) == 1 else list(refs)
-            self.versions.update(zip(new, refs, strict=True))
-            ray.get(self.aggregator.adopt_versions.remote({v: [r] for v, r in zip(new, refs, strict=True)}))
+        for start in range(0, len(new), _EXPORT_CHUNK):  # a chunk at a time: its copies exist twice meanwhile
+            chunk = new[start:start + _EXPORT_CHUNK]
+            refs = self.aggregator.export_versions.options(num_returns=len(chunk)).remote(chunk)
+            refs = [refs] if len(chunk) == 1 else list(refs)
+            self.versions.update(zip(chunk, refs, strict=True))
+            ray.get(self.aggregator.adopt_versions.remote({v: [r] for v, r in zip(chunk, refs, strict=True)}))
         self.versions = {v: self.versions[v] for v in held}
         snap["faults"] = ray.get(self.aggregator.faults.remote())
         self.latest = snap
