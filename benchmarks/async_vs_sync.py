@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from benchmarks.common import run_variants
+from benchmarks.output import wide_console
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
             f"budget.virtual_time_s={args.budget}", *args.overrides]
     variants = {name: [f"algorithm.name={name}"] for name in ("fedavg", "fedasync", "fedbuff")}
     run_variants(f"{args.dataset}, {args.heterogeneity} heterogeneity, {args.budget:g} virtual s", variants, base,
-                 args.seeds, args.target, Console())
+                 args.seeds, args.target, wide_console())
 
 
 if __name__ == "__main__":

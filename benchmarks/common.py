@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.output import wide_console
 from raypfl.config import load_config
 from raypfl.runtime.driver import run_experiment
 
@@ -34,7 +35,7 @@ def fashion_main(description: str, variants: dict[str, list[str]]) -> None:
     args = parser.parse_args()
     run_variants(f"Fashion-MNIST, CNN, high heterogeneity, Dirichlet 0.6, {args.budget:g} virtual s",
                  {v: variants[v] for v in args.variants}, [*fashion_base(args.budget), *args.overrides],
-                 args.seeds, args.target, Console())
+                 args.seeds, args.target, wide_console())
 
 
 def run_variants(title: str, variants: dict[str, list[str]], base: list[str], seeds: list[int],

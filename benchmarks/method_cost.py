@@ -19,8 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from benchmarks.output import wide_console
 
 SETTING = ["data.dataset=fashion_mnist", "data.partition.kind=iid", "model.name=cnn", "clients.num_clients=10",
            "clients.heterogeneity=high", "training.batch_size=32", "training.local_steps=19", "training.lr=0.05",
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["fedavg", "fedgmr", "heterofl"])
     parser.add_argument("--source", type=Path, help="a checkout of raypfl to run instead of this one")
     args = parser.parse_args()
-    console = Console()
+    console = wide_console()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="raypfl-cost-") as tmp:
         for method in args.methods:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from rich.console import Console
 from rich.table import Table
+
+from benchmarks.output import wide_console
 
 GiB = 2**30
 
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    console = Console()
+    console = wide_console()
     rows = []
     with tempfile.TemporaryDirectory(prefix="raypfl-scale-") as tmp:
         for method in args.methods:

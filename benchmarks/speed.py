@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from benchmarks.output import wide_console
 from raypfl.config import load_config
 
 W1 = Path(__file__).parent / "configs" / "w1.yaml"
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     config = args.config.resolve()
     cfg = load_config(config)
-    console = Console()
+    console = wide_console()
     steps = cfg.budget.max_rounds * (cfg.clients.concurrency or cfg.clients.num_clients) * cfg.training.local_steps
     with tempfile.TemporaryDirectory(prefix="raypfl-speed-") as tmp:
         work = Path(tmp)
