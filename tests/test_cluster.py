@@ -101,8 +101,12 @@ def stacks() -> str:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(proc.info["cmdline"] or [])
         if "raypfl run" in command or command.startswith(("ray::AggregatorActor", "ray::ClientActor")):
-            dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(proc.pid)],
-                                  capture_output=True, text=True, timeout=60)
+            try:
+                dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(proc.pid)],
+                                      capture_output=True, text=True, timeout=60)
+            except subprocess.TimeoutExpired:  # a stuck dump must not hide the failure it was to explain
+                out.append(f"--- pid {proc.pid}: {command[:100]}\n(py-spy timed out)")
+                continue
             out.append(f"--- pid {proc.pid}: {command[:100]}\n{dump.stdout[-4000:]}{dump.stderr[-500:]}")
     return "\n".join(out)
 
