@@ -33,11 +33,9 @@ class ClientActor:
     object store, so nothing can go missing when Ray restarts the actor."""
 
     def __init__(self, training: TrainingConfig, seed: int, augment: bool, device: str, threads: int) -> None:
-        import torch
+        from raypfl.runtime.training import configure_process  # imported while the data is still loading
 
-        import raypfl.runtime.training  # noqa: F401 - imported while the data is still loading
-
-        torch.set_num_threads(threads)  # the same thread count everywhere keeps float sums identical
+        configure_process(threads)
         self.settings = (training, seed, augment, device)
         self.spec: ModelSpec | None = None
         self.trainer: Any = None

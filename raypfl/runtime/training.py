@@ -27,6 +27,15 @@ from raypfl.models import dense_size_bytes, prunable_parameters
 from raypfl.models.width import OrderedDropout, narrow_model, width_plan
 
 
+def configure_process(threads: int) -> bool:
+    """Set up a worker process's PyTorch: `threads` intra-op threads (the same count everywhere keeps float sums
+    identical) and denormal floats flushed to zero. A collapsing model (FedGMR with zero-filled averaging, say)
+    drives weights towards 0, and CPU arithmetic on denormals is ~30x slower; a healthy model never holds one, so
+    its results do not change. Returns whether the CPU supports flushing (x86 with SSE3 does)."""
+    torch.set_num_threads(threads)
+    return torch.set_flush_denormal(True)
+
+
 def describe_model(cfg: Config, spec: ModelSpec) -> ModelDescription:
     """Build the initial model (from the experiment's seed) and measure it: sizes on the wire, FLOPs per weight
     and per local round, which weights may be pruned, the width plan of width-sliced methods."""
