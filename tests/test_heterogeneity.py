@@ -97,3 +97,29 @@ def test_placement_pins_a_class_to_its_node_pool_and_refuses_shared_actors() -> 
     assert eligible == [[0], [0, 1], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [4]]
     with pytest.raises(UserError, match="set runtime.num_workers to at least 5"):
         worker_options(cfg, 2)  # d1 and d0.5 would share an actor, but d1 is pinned
+
+
+class _Recorder:
+    """A client actor that only says which actor ran a job."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+
+    def train(self, *_args: object) -> int:
+        return self.worker
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_job_any_actor_may_run_goes_to_the_narrower_one_leaving_the_broad_one_for_the_rest() -> None:
+    import ray
+
+    from raypfl.fl.jobs import TrainJob
+    from raypfl.runtime.dispatch import ActorPoolTrainer
+
+    # class 0 (client 0, the strongest) fits only actor 0's GPU fraction; class 1 (client 1) fits both
+    actors = [ray.remote(_Recorder).options(num_cpus=0).remote(w) for w in range(2)]
+    trainer = ActorPoolTrainer(actors, [[0], [0, 1]], lambda client: client, 8, 8)
+    trainer.publish(0, {"w": np.zeros(3, np.float32)})
+    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, due=due)
+                    for c, due in ((1, 0.0), (0, 1.0))])  # the weak client's job is due first
+    assert trainer.collect([0, 1]) == {0: 0, 1: 1}

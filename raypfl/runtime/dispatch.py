@@ -57,6 +57,9 @@ class ActorPoolTrainer:
                  reload: Callable[[Any], Any] | None = None, max_restarts: int = 5) -> None:
         self.actors = actors
         self.eligible = eligible
+        # classes each actor may train: between equally loaded actors a job goes to the narrower one, keeping the
+        # broad actor (the only one for the strongest classes) free for the jobs nobody else can run
+        self._breadth = [sum(w in workers for workers in eligible) for w in range(len(actors))]
         self.client_class = client_class
         self.eval_batch_size = eval_batch_size
         self.test_size = test_size
@@ -137,7 +140,8 @@ class ActorPoolTrainer:
         return self._masks[key]
 
     def _pump(self) -> None:
-        """Give the earliest-due queued jobs to live actors with room, each to its least loaded eligible actor."""
+        """Give the earliest-due queued jobs to live actors with room, each to its least loaded eligible actor (of
+        those, the one that may train the fewest classes)."""
         skipped = []
         while self._queue and any(self._has_room(w) for w in range(len(self.actors))):
             item = heapq.heappop(self._queue)
@@ -145,7 +149,7 @@ class ActorPoolTrainer:
             if not workers:
                 skipped.append(item)
                 continue
-            worker = min(workers, key=lambda w: (self._load[w], w))
+            worker = min(workers, key=lambda w: (self._load[w], self._breadth[w], w))
             job = item.job
             ref = self.actors[worker].train.remote(replace(job, mask=None), self.versions[job.version],
                                                    self._mask_ref(job.mask_key, job.mask))
