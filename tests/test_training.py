@@ -24,7 +24,7 @@ def trainer() -> ClientTrainer:
 
 
 def test_worker_processes_flush_denormal_floats_to_zero() -> None:
-    """A collapsed model's tiny weights would otherwise make every step ~30x slower on a CPU (GMR+FA did)."""
+    """A collapsed model's tiny weights would otherwise make every step ~35x slower on a CPU (GMR+FA's did)."""
     threads = torch.get_num_threads()
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal, 1.18e-38
     assert (tiny * 1.0).item() != 0.0
