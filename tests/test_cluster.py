@@ -104,10 +104,10 @@ def stacks() -> str:
             try:
                 dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(proc.pid)],
                                       capture_output=True, text=True, timeout=60)
+                shown = f"{dump.stdout[-4000:]}{dump.stderr[-500:]}"
             except subprocess.TimeoutExpired:  # a stuck dump must not hide the failure it was to explain
-                out.append(f"--- pid {proc.pid}: {command[:100]}\n(py-spy timed out)")
-                continue
-            out.append(f"--- pid {proc.pid}: {command[:100]}\n{dump.stdout[-4000:]}{dump.stderr[-500:]}")
+                shown = "(py-spy timed out)"
+            out.append(f"--- pid {proc.pid}: {command[:100]}\n{shown}")
     return "\n".join(out)
 
 
