@@ -71,3 +71,38 @@ def test_a_population_of_ten_thousand(tmp_path: Path) -> None:
     header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c.startswith("density_")] == ["density_d1", "density_d0.5", "density_d0.2",
                                                                "density_d0.1", "density_d0.05"]
+
+
+class _Ledger:
+    """A client actor that returns a job's client and remembers the order it ran jobs in."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def train(self, job: Any, *_args: object) -> int:
+        self.order.append(job.client)
+        return job.client
+
+    def ran(self) -> list[int]:
+        return list(self.order)
+
+
+def test_actors_work_ahead_of_the_aggregator_by_at_most_runahead_results() -> None:
+    import numpy as np
+    import ray
+
+    from raypfl.fl.jobs import TrainJob
+    from raypfl.runtime.dispatch import ActorPoolTrainer
+
+    actor = ray.remote(_Ledger).options(num_cpus=0).remote()
+    trainer = ActorPoolTrainer([actor], [[0]], lambda client: 0, 8, 8, depth=1, runahead=2)
+    trainer.publish(0, {"w": np.zeros(3, np.float32)})
+    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, due=float(c))
+                    for c in range(6)])
+    while not trainer.ready(0):  # asks for client 0's result (due 0): job 1 starts while that one result waits
+        pass
+    while not trainer.ready(1):  # job 1's result makes two waiting: job 2, due later than any asked for, waits
+        pass
+    assert ray.get(actor.ran.remote()) == [0, 1]
+    assert trainer.collect(list(range(6))) == {c: c for c in range(6)}  # asked for: every job runs
+    assert ray.get(actor.ran.remote()) == list(range(6))
