@@ -223,3 +223,21 @@ def test_plateau_restores_densities_and_logs_every_change() -> None:
     assert raised[0] == (4, 0.05, 0.1)  # only the weakest client sits below the new floor 0.1
     assert records[-1]["densities"][4] >= 0.2
     assert all(r["min_density"] == min(r["densities"]) for r in records)
+
+
+def test_client_trigger_scores_a_client_after_every_client_eval_every_local_rounds() -> None:
+    # Scored after local rounds 3, 6, ... of each client (cycles 2, 5, ...), never after its first: with few
+    # clients in flight at once, most jobs are a client's first, and one score cannot make a plateau.
+    server = pruned_server(ims=True, recovery={"trigger": "plateau", "client_trigger": True, "client_eval_every": 3})
+    scored: list[tuple[int, bool]] = []
+    submit = server.trainer.submit
+
+    def record(jobs: list[TrainJob]) -> None:
+        scored.extend((job.cycle, job.score_samples is not None) for job in jobs)
+        submit(jobs)
+
+    server.trainer.submit = record  # type: ignore[method-assign]
+    run_all(server)
+    assert max(cycle for cycle, _ in scored) >= 5
+    assert all(score == ((cycle + 1) % 3 == 0) for cycle, score in scored)
+    assert any(score for _, score in scored)

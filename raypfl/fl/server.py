@@ -294,8 +294,10 @@ class Server:
             cs.version, cs.status, cs.dispatched_at, cs.due = st.round, "training", now, ready
             cs.job_density, cs.mask_generation = cs.density, self.submodels.current
             cs.upload_mb, cs.upload_rate = self.sizes.megabytes(cs.density), klass.upload_mbps * links[client][1]
-            # the client trigger scores a client's model every `client_eval_every` of its local rounds (spec D.1)
-            cs.scoring = self._wants_client_scores and cs.cycle % self.alg.recovery.client_eval_every == 0
+            # The client trigger scores a client's model after its local rounds every, 2·every, ... Spec D.1 scores
+            # rounds 1, every + 1, ...: round 1's score is a baseline that round every + 1's almost always beats,
+            # and when few clients take part at once nearly every job is a client's first.
+            cs.scoring = self._wants_client_scores and (cs.cycle + 1) % self.alg.recovery.client_eval_every == 0
             st.busy.add(client)
             st.in_flight.add(client)
             self.queue.push(ready, "upload", client, _UPLOAD)
