@@ -262,7 +262,8 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool
         results, interrupted = _fit(tuner)
         if interrupted or len(results) < sweep.expected_trials:
             status = "KILLED"
-            console.print(f"sweep interrupted; its state is saved: continue it with 'raypfl sweep {path} --resume'")
+            console.print(f"sweep interrupted; its state is saved: continue it with 'raypfl sweep {path} --resume'",
+                          soft_wrap=True)
             raise KeyboardInterrupt
         trials = _trial_rows(sweep, results)
         summary = _summarise(sweep, trials)

@@ -268,7 +268,7 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         if (run_dir / "result.json").is_file():
             result = json.loads((run_dir / "result.json").read_text())
             console.print(f"run {run_dir} has already finished (final accuracy "
-                          f"{100 * result['final_accuracy']:.2f} %): nothing to resume")
+                          f"{100 * result['final_accuracy']:.2f} %): nothing to resume", soft_wrap=True)
             return result
         if (run_dir / CHECKPOINT).is_file():
             snapshot = load_checkpoint(run_dir / CHECKPOINT)
@@ -357,7 +357,7 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
             tracker.log_artifacts([run_dir / n for n in ("result.json", "config.yaml", "curves.png",
                                                          "history.csv")])
         console.print(summary_table(result))
-        console.print(f"run directory: {run_dir}")
+        console.print(f"run directory: {run_dir}", soft_wrap=True)  # a path stays whole, to copy
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, Terminated):
@@ -391,7 +391,7 @@ def _save_latest(pilot: Pilot | None, run_dir: Path, console: Console, how: str)
         return
     save_checkpoint(run_dir / CHECKPOINT, pilot.materialise())
     console.print(f"run {how} at round {pilot.latest['scalars']['round']}: continue it with "
-                  f"'raypfl run --resume {run_dir}'")
+                  f"'raypfl run --resume {run_dir}'", soft_wrap=True)
 
 
 def _drive(cfg: Config, pilot: Pilot, tracking: _Background | None, run_dir: Path, console: Console,
