@@ -5,10 +5,11 @@
 
 For each pair it prints both wall times and their ratio, the median time of a round (median of the per-round wall
 times: training, transfers, aggregation, evaluation), and raypfl's time split into start-up (process start to the
-first training step), rounds and shut-down; then the medians over the pairs. Nothing else may run meanwhile: two
-cores are easily shared. A warm-up run of each (not timed) fills the page cache and creates the MLflow database,
-as on a machine that has run raypfl before. `--profile DIR` records one more raypfl run with py-spy (every
-process of the run) into DIR/raypfl.svg.
+first training step), rounds and shut-down; then the medians over the pairs, and the per-round limit of the
+machine at that hour (benchmarks/step_limit.py: an SGD step as the bare loop takes it against two client actors'
+steps at once). Nothing else may run meanwhile: two cores are easily shared. A warm-up run of each (not timed)
+fills the page cache and creates the MLflow database, as on a machine that has run raypfl before. `--profile DIR`
+records one more raypfl run with py-spy (every process of the run) into DIR/raypfl.svg.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from rich.table import Table
 
 from benchmarks.output import wide_console
+from benchmarks.step_limit import step_limit
 from raypfl.config import load_config
 
 W1 = Path(__file__).parent / "configs" / "w1.yaml"
@@ -79,6 +81,10 @@ def main() -> None:
             b, r = got["bare"], got["raypfl"]
             console.print(f"pair {pair + 1}: bare {b['wall']:.1f} s, raypfl {r['wall']:.1f} s "
                           f"(ratio {r['wall'] / b['wall']:.3f}); round {b['round']:.2f} vs {r['round']:.2f} s")
+        limit = step_limit(config)
+        console.print(f"step limit: bare loop {limit['bare_ms']:.1f} ms per step, raypfl's actors "
+                      f"{limit['actor_ms']:.1f} ms each, two at once: a round can take at best "
+                      f"{limit['round_ratio']:.3f} of the bare loop's")
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             pyspy = Path(sys.executable).parent / "py-spy"
@@ -86,6 +92,8 @@ def main() -> None:
                                                   str((args.profile / "raypfl.svg").resolve()), "--"])
             console.print(f"profile written to {args.profile / 'raypfl.svg'}")
     console.print(table(rows, steps, config))
+    console.print(f"per-round limit of this machine now: {limit['round_ratio']:.3f} "
+                  f"(bare {limit['bare_ms']:.1f} ms per step, actors {limit['actor_ms']:.1f} ms each, two at once)")
 
 
 def table(rows: list[dict[str, dict[str, Any]]], steps: int, config: Path) -> Table:
