@@ -82,9 +82,6 @@ def main() -> None:
             console.print(f"pair {pair + 1}: bare {b['wall']:.1f} s, raypfl {r['wall']:.1f} s "
                           f"(ratio {r['wall'] / b['wall']:.3f}); round {b['round']:.2f} vs {r['round']:.2f} s")
         limit = step_limit(config)
-        console.print(f"step limit: bare loop {limit['bare_ms']:.1f} ms per step, raypfl's actors "
-                      f"{limit['actor_ms']:.1f} ms each, two at once: a round can take at best "
-                      f"{limit['round_ratio']:.3f} of the bare loop's")
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             pyspy = Path(sys.executable).parent / "py-spy"
@@ -92,8 +89,9 @@ def main() -> None:
                                                   str((args.profile / "raypfl.svg").resolve()), "--"])
             console.print(f"profile written to {args.profile / 'raypfl.svg'}")
     console.print(table(rows, steps, config))
-    console.print(f"per-round limit of this machine now: {limit['round_ratio']:.3f} "
-                  f"(bare {limit['bare_ms']:.1f} ms per step, actors {limit['actor_ms']:.1f} ms each, two at once)")
+    console.print(f"per-round limit of this machine now: a round can take at best {limit['round_ratio']:.3f} of the "
+                  f"bare loop's (bare {limit['bare_ms']:.1f} ms per step, raypfl's actors {limit['actor_ms']:.1f} ms "
+                  "each, two at once)")
 
 
 def table(rows: list[dict[str, dict[str, Any]]], steps: int, config: Path) -> Table:

@@ -29,7 +29,7 @@ def measure(config: Path, steps: int, how: str) -> float:
     from raypfl.config import load_config
     from raypfl.data import load_dataset
     from raypfl.fl.jobs import ModelSpec
-    from raypfl.runtime.training import SGD, configure_process, loss_fn
+    from raypfl.runtime.training import SGD, configure_process, loss_fn, memory_layout
 
     cfg = load_config(config)
     data = load_dataset(cfg.data, seed=cfg.experiment.seed)
@@ -40,8 +40,7 @@ def measure(config: Path, steps: int, how: str) -> float:
     layout = torch.contiguous_format
     if how == "actor":
         configure_process(1)
-        if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-            layout = torch.channels_last
+        layout = memory_layout(model, torch.device("cpu"))
         model = model.to(memory_format=layout)
         optimizer: Any = SGD(list(model.parameters()), lr=cfg.training.lr)
     else:
