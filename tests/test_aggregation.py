@@ -161,3 +161,30 @@ def test_apply_mask():
     assert apply_mask(weights, None).keys() == weights.keys()
     with pytest.raises(ValueError, match="mask 'b'"):
         apply_mask(weights, {"b": np.ones(3, bool)})
+
+
+@pytest.mark.parametrize("rule", ["ma", "ma_mix", "fa", "ga"])
+def test_spans_and_threads_do_not_change_a_bit(monkeypatch, rule):
+    # Large tensors are summed in spans on several threads; any split must give the single pass's floats, with
+    # masked updates dense or compact (held values only) and a span boundary inside a mask's runs.
+    from raypfl.fl import aggregation
+
+    rng = np.random.default_rng(5)
+    old = {"w": rng.normal(size=(37, 11)).astype(np.float32), "b": rng.normal(size=29).astype(np.float32),
+           "n": np.array(4, dtype=np.int64)}
+    masks = [{"w": rng.random((37, 11)) < 0.4}, None, {"w": rng.random((37, 11)) < 0.7, "b": rng.random(29) < 0.5}]
+    updates = []
+    for c, mask in enumerate(masks):
+        weights = {k: (v + rng.normal(size=v.shape).astype(np.float32)) if v.dtype == np.float32 else v
+                   for k, v in old.items()}
+        if c == 2:
+            weights = {k: w[mask[k]] if k in mask else w for k, w in weights.items()}  # compact
+        updates.append(ClientUpdate(c, weights, mask, 3.0 + c * 1.7))
+    single = aggregate(rule, old, updates, mix=0.35, server_lr=0.8)
+    monkeypatch.setattr(aggregation, "_SPAN", 5)
+    monkeypatch.setattr(aggregation, "_THREADS", 3)
+    assert len(aggregation._spans(old["w"].size)) == 3
+    spanned = aggregate(rule, old, updates, mix=0.35, server_lr=0.8)
+    for key in old:
+        assert spanned[key].dtype == single[key].dtype
+        assert spanned[key].tobytes() == single[key].tobytes()

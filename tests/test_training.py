@@ -128,8 +128,10 @@ def test_a_view_with_odd_strides_trains_exactly_like_a_fresh_array() -> None:
     assert all(np.array_equal(results[0].weights[k], results[1].weights[k]) for k in weights)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.5, 1e-3)])
-def test_sgd_takes_exactly_the_steps_of_torch_optim_sgd(momentum: float, weight_decay: float) -> None:
+def test_sgd_takes_exactly_the_steps_of_torch_optim_sgd(momentum: float, weight_decay: float, fused: bool) -> None:
+    # fused: every update runs inside backward, as soon as its parameter's gradient is complete
     from raypfl.runtime.training import SGD
 
     torch.manual_seed(0)
@@ -138,12 +140,41 @@ def test_sgd_takes_exactly_the_steps_of_torch_optim_sgd(momentum: float, weight_
     models[1].load_state_dict(models[0].state_dict())
     ours = SGD(list(models[0].parameters()), lr=0.1, momentum=momentum, weight_decay=weight_decay)
     reference = torch.optim.SGD(models[1].parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    hooks = ours.fuse() if fused else []
     for step in range(4):
         batch = slice(10 * step, 10 * step + 10)
         for model, optimizer in ((models[0], ours), (models[1], reference)):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
+            if not (fused and optimizer is ours):
+                optimizer.step()
+    for hook in hooks:
+        hook.remove()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+        assert a.grad is not None and torch.equal(a.grad, b.grad)  # gradients stay readable (PR-FL's importance)
+
+
+def test_fused_sgd_masks_each_gradient_before_its_update() -> None:
+    from raypfl.runtime.training import SGD
+
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
+    models = [SPEC.build(), SPEC.build()]
+    models[1].load_state_dict(models[0].state_dict())
+    keeps = [(torch.rand_like(p) < 0.5).float() for p in models[0].parameters()]
+    optimizers = [SGD(list(m.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-3) for m in models]
+    hooks = optimizers[0].fuse(list(zip(models[0].parameters(), keeps, strict=True)))
+    for step in range(2):
+        batch = slice(10 * step, 10 * step + 10)
+        for model, optimizer in zip(models, optimizers, strict=True):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        for p, keep in zip(models[1].parameters(), keeps, strict=True):
+            p.grad.mul_(keep)
+        optimizers[1].step()
+    for hook in hooks:
+        hook.remove()
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -17,9 +17,14 @@ the aggregator's process needs no PyTorch.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import os
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -59,20 +64,22 @@ def expand(weights: Weights, mask: Mask | None, like: Weights) -> Weights:
 
 
 _INDEX_CACHE: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_INDEX_LOCK = threading.Lock()  # the aggregation's threads share the cache
 
 
 def flat_index(held: np.ndarray) -> np.ndarray:
     """The flat positions a bool mask holds; cached, since a mask object serves many updates."""
     key = id(held)
-    hit = _INDEX_CACHE.get(key)
-    if hit is not None and hit[0] is held:
-        _INDEX_CACHE.move_to_end(key)
-        return hit[1]
-    index = np.flatnonzero(held)
-    _INDEX_CACHE[key] = (held, index)  # the array is kept, so its id cannot be reused while cached
-    if len(_INDEX_CACHE) > 64:
-        _INDEX_CACHE.popitem(last=False)
-    return index
+    with _INDEX_LOCK:
+        hit = _INDEX_CACHE.get(key)
+        if hit is not None and hit[0] is held:
+            _INDEX_CACHE.move_to_end(key)
+            return hit[1]
+        index = np.flatnonzero(held)
+        _INDEX_CACHE[key] = (held, index)  # the array is kept, so its id cannot be reused while cached
+        if len(_INDEX_CACHE) > 64:
+            _INDEX_CACHE.popitem(last=False)
+        return index
 
 
 def _check_mask(weights: Weights, mask: Mask | None, who: str) -> None:
@@ -109,18 +116,22 @@ def _validate(old: Weights, updates: Sequence[ClientUpdate]) -> None:
 
 
 class _Sums:
-    """Σ λ m w (or Σ λ m (w − W_old) for `ga`) and Σ λ m of one tensor, accumulated in place."""
+    """Σ λ m w (or Σ λ m (w − W_old) for `ga`) and Σ λ m over the flat span [lo, hi) of one tensor, accumulated in
+    place."""
 
-    def __init__(self, base: np.ndarray, deltas: bool) -> None:
-        self.base = base
+    def __init__(self, base: np.ndarray, lo: int, hi: int, deltas: bool) -> None:
+        self.lo, self.hi = lo, hi
+        self.base = base.reshape(-1)[lo:hi]
         self.deltas = deltas
-        self.num = np.zeros_like(base)
-        self._scaled = np.empty_like(base)
+        self.num = np.zeros_like(self.base)
+        self._scaled = np.empty_like(self.base)
         self.den: np.ndarray | None = None  # per element, once some update holds only part of the tensor
         self.den_all = 0.0  # the part of Σ λ m that every element shares
 
-    def add(self, weight: float, values: np.ndarray, held: np.ndarray | None) -> None:
+    def add(self, weight: float, values: np.ndarray, held: np.ndarray | None, dense: bool) -> None:
+        """`values`: the whole tensor's (flat) when `dense`, else the mask's held values (compact)."""
         if held is None:
+            values = values[self.lo:self.hi]
             if self.deltas:
                 values = values - self.base
             np.multiply(values, weight, out=self._scaled)
@@ -128,18 +139,45 @@ class _Sums:
             self.den_all += weight
             return
         flat = flat_index(held)
-        if values.shape == self.base.shape:
-            values = values.reshape(-1)[flat]
+        first, last = np.searchsorted(flat, (self.lo, self.hi))
+        positions = flat[first:last] - self.lo
+        values = values[self.lo:self.hi][positions] if dense else values[first:last]
         if self.deltas:
-            values = values - self.base.reshape(-1)[flat]
-        self.num.reshape(-1)[flat] += values * np.float32(weight)
+            values = values - self.base[positions]
+        self.num[positions] += values * np.float32(weight)
         if self.den is None:
             self.den = np.zeros_like(self.base)
-        self.den.reshape(-1)[flat] += np.float32(weight)
+        self.den[positions] += np.float32(weight)
 
     def denominator(self) -> np.ndarray:
         return self.den + np.float32(self.den_all) if self.den is not None else \
             np.full_like(self.base, self.den_all)
+
+
+# Large tensors are aggregated in spans of at least this many elements, on up to `_THREADS` threads (NumPy releases
+# the GIL in its loops). Every element's sum runs over the same updates in the same order whatever the spans: the
+# result does not depend on them.
+_SPAN = 1 << 20
+_THREADS = min(4, os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _spans(size: int) -> list[tuple[int, int]]:
+    parts = max(1, min(_THREADS, size // _SPAN))
+    bounds = [size * k // parts for k in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def _run(tasks: list[Callable[[], None]]) -> None:
+    global _POOL
+    if _THREADS == 1 or len(tasks) == 1:
+        for task in tasks:
+            task()
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="aggregate")
+    for future in [_POOL.submit(task) for task in tasks]:
+        future.result()
 
 
 def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix: float = 1.0,
@@ -155,26 +193,34 @@ def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix:
     ordered = sorted(updates, key=lambda u: u.client)
     total = math.fsum(u.weight for u in ordered)
 
+    def span(key: str, base: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
+        sums = _Sums(base, lo, hi, deltas=rule == "ga")
+        for u in ordered:
+            values = np.asarray(u.weights[key], dtype=np.float32)
+            sums.add(u.weight, values.reshape(-1), (u.mask or {}).get(key), values.shape == base.shape)
+        target = out.reshape(-1)[lo:hi]
+        if rule == "fa":
+            np.divide(sums.num, np.float32(total), out=target)
+        elif rule == "ga":
+            target[:] = sums.base + sums.num * np.float32(server_lr / total)
+        else:
+            den = sums.denominator()
+            target[:] = sums.base
+            np.divide(sums.num, den, out=target, where=den > 0)
+            if rule == "ma_mix":
+                target[:] = np.float32(mix) * target + np.float32(1.0 - mix) * sums.base
+
     new: Weights = {}
+    tasks: list[Callable[[], None]] = []
     for key, w_old in old.items():
         if not np.issubdtype(w_old.dtype, np.floating):
             new[key] = w_old.copy()
             continue
         base = np.asarray(w_old, dtype=np.float32)
-        sums = _Sums(base, deltas=rule == "ga")
-        for u in ordered:
-            sums.add(u.weight, np.asarray(u.weights[key], dtype=np.float32), (u.mask or {}).get(key))
-        if rule == "fa":
-            out = sums.num / np.float32(total)
-        elif rule == "ga":
-            out = base + sums.num * np.float32(server_lr / total)
-        else:
-            den = sums.denominator()
-            out = np.divide(sums.num, den, out=base.copy(), where=den > 0)
-            if rule == "ma_mix":
-                out = np.float32(mix) * out + np.float32(1.0 - mix) * base
-        new[key] = out.astype(w_old.dtype, copy=False)
-    return new
+        new[key] = out = np.empty(base.shape, dtype=np.float32)
+        tasks += [functools.partial(span, key, base, out, lo, hi) for lo, hi in _spans(base.size)]
+    _run(tasks)
+    return {key: value.astype(old[key].dtype, copy=False) for key, value in new.items()}
 
 
 def apply_mask(weights: Weights, mask: Mask | None) -> Weights:
