@@ -9,6 +9,7 @@ from raypfl.sim.heterogeneity import (
     client_classes,
     client_profiles,
     compute_seconds,
+    fits,
     level_counts,
     merged_options,
 )
@@ -123,3 +124,46 @@ def test_a_job_any_actor_may_run_goes_to_the_narrower_one_leaving_the_broad_one_
     trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, due=due)
                     for c, due in ((1, 0.0), (0, 1.0))])  # the weak client's job is due first
     assert trainer.collect([0, 1]) == {0: 0, 1: 1}
+
+
+@pytest.mark.parametrize(("requests", "nodes", "expected"), [
+    # the five `high` classes' default GPU shares need 1.05 GPUs: not on one GPU, on two yes
+    ([{"GPU": 0.5}, {"GPU": 0.25}, {"GPU": 0.1}, {"GPU": 0.1}, {"GPU": 0.1}], [{"GPU": 1.0}], False),
+    ([{"GPU": 0.5}, {"GPU": 0.25}, {"GPU": 0.1}, {"GPU": 0.1}, {"GPU": 0.1}], [{"GPU": 2.0}], True),
+    ([{"GPU": 0.5}, {"GPU": 0.1}, {"GPU": 0.1}, {"GPU": 0.1}], [{"GPU": 1.0}], True),
+    # a share stays on one GPU: three 0.6 shares do not fit two GPUs although 1.8 < 2
+    ([{"GPU": 0.6}] * 3, [{"GPU": 2.0}], False),
+    ([{"GPU": 0.6}] * 2, [{"GPU": 2.0}], True),
+    ([{"GPU": 0.6}] * 3, [{"GPU": 2.0}, {"GPU": 1.0}], True),
+    # whole GPUs are not shared; shares go beside them only on what is left
+    ([{"GPU": 1.0}, {"GPU": 0.5}], [{"GPU": 1.0}], False),
+    ([{"GPU": 1.0}, {"GPU": 0.5}, {"GPU": 0.5}], [{"GPU": 2.0}], True),
+    ([{"GPU": 2.0}], [{"GPU": 1.0}, {"GPU": 1.0}], False),  # one node, not two halves
+    # other resources count per node
+    ([{"CPU": 1.0, "pool": 0.5}, {"CPU": 1.0, "pool": 0.5}], [{"CPU": 4.0, "pool": 1.0}], True),
+    ([{"CPU": 3.0}, {"CPU": 2.0}], [{"CPU": 4.0}, {"CPU": 2.0}], True),
+    ([{"CPU": 3.0}, {"CPU": 3.0}], [{"CPU": 4.0}, {"CPU": 2.0}], False),
+    ([{}, {}], [{}], True),  # actors that ask for nothing
+])
+def test_fits_places_requests_as_ray_would(requests, nodes, expected) -> None:
+    assert fits(requests, nodes) is expected
+
+
+def test_a_run_with_more_gpu_shares_than_gpus_stops_with_advice_and_the_default_fits(ray_session) -> None:
+    # Ray would keep the actors that do not fit pending for ever, without a word
+    from raypfl.config import load_config
+    from raypfl.errors import UserError
+    from raypfl.runtime.driver import _most_workers, check_schedulable, default_num_workers, worker_options
+
+    classes = [{"name": f"c{k}", "density": 1.0, "count": 1, "download_mbps": 1.0, "upload_mbps": 1.0,
+                "resources": {"GPU": 0.6}} for k in range(6)]
+    cfg = load_config(overrides=[f"clients.heterogeneity={classes}", "clients.num_clients=6"])
+    options, _ = worker_options(cfg, 5)  # the session's 4 GPUs hold 4 shares of 0.6
+    with pytest.raises(UserError, match="set runtime.num_workers to at most 4"):
+        check_schedulable(cfg, options)
+    assert default_num_workers(cfg) == 2  # one per CPU: they fit
+    check_schedulable(cfg, worker_options(cfg, 4)[0])
+    # by default, as many actors as the cluster holds: on one GPU only one share of 0.6
+    assert _most_workers(cfg, 6, [{"CPU": 16.0, "GPU": 1.0}]) == 1
+    assert _most_workers(cfg, 6, [{"CPU": 16.0, "GPU": 3.0}]) == 3
+    assert _most_workers(cfg, 6, [{"CPU": 16.0}]) is None

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,20 @@ def test_a_job_does_not_depend_on_the_jobs_run_before_it(trainer: ClientTrainer)
         after = trainer.train(dense, weights)
         assert after.loss == expected.loss
         assert all(np.array_equal(after.weights[k], expected.weights[k]) for k in weights)
+
+
+def test_cuda_training_is_made_deterministic_and_the_cpu_left_alone(monkeypatch) -> None:
+    # On an H200 the same CUDA job twice differed in its last bits until these were set (benchmarks/gpu_check.py)
+    from raypfl.runtime.training import make_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    make_deterministic(torch.device("cpu"))
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    try:
+        make_deterministic(torch.device("cuda"))
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

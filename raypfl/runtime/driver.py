@@ -31,7 +31,14 @@ from raypfl.data.datasets import Reader, locate_dataset
 from raypfl.errors import RunFailed, Terminated, UserError
 from raypfl.report import plot_curves, reported_accuracy, summary_table, time_to_accuracy, write_history_csv, write_json
 from raypfl.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from raypfl.sim.heterogeneity import assign_workers, client_classes, covers, merged_options, resource_amounts
+from raypfl.sim.heterogeneity import (
+    assign_workers,
+    client_classes,
+    covers,
+    fits,
+    merged_options,
+    resource_amounts,
+)
 from raypfl.tracking import DEFAULT_URI, RunTracker, heterogeneity_tag, tracking_uri
 
 if TYPE_CHECKING:  # PyTorch-bound: imported when a run starts, while Ray starts
@@ -117,10 +124,28 @@ def _local_gpus(cfg: Config) -> int:
 
 
 def default_num_workers(cfg: Config) -> int:
+    """One client actor per CPU (at most one per client), fewer where the cluster cannot hold their requests at once
+    (GPU shares: five classes' shares on one GPU can add up to more than the GPU)."""
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(cfg.clients.num_clients, cpus))
+    return _most_workers(cfg, max(1, min(cfg.clients.num_clients, cpus)), _node_resources()) or 1
+
+
+def _node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def _most_workers(cfg: Config, upto: int, nodes: list[dict[str, float]]) -> int | None:
+    """The most client actors, up to `upto`, whose requests the nodes can hold at once; None if not even one."""
+    for count in range(upto, 0, -1):
+        with suppress(UserError):  # this few actors would make pinned classes share one
+            options, _ = worker_options(cfg, count)
+            if fits([resource_amounts(o) for o in options], nodes):
+                return count
+    return None
 
 
 def worker_options(cfg: Config, num_workers: int) -> tuple[list[dict[str, Any]], list[list[int]]]:
@@ -140,17 +165,24 @@ def worker_options(cfg: Config, num_workers: int) -> tuple[list[dict[str, Any]],
     return options, eligible
 
 
-def check_schedulable(options: list[dict[str, Any]]) -> None:
-    """An actor whose request no node can meet would wait forever: say which resource is missing instead."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+def check_schedulable(cfg: Config, options: list[dict[str, Any]]) -> None:
+    """Actors whose requests the cluster cannot hold would wait forever (Ray keeps them pending without a word):
+    say which resource is missing, or how many actors fit, instead."""
+    nodes = _node_resources()
     for opts in options:
         need = {k: v for k, v in bundle(opts).items() if v > 0}
         if not any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
             offered = sorted({k for node in nodes for k in node if not k.startswith("node:")})
             raise UserError(f"no node of the Ray cluster can host a client actor needing {need} "
                             f"(the nodes offer {', '.join(offered)})")
+    requests = [resource_amounts(o) for o in options]
+    if not fits(requests, nodes):
+        totals = {k: round(sum(r.get(k, 0.0) for r in requests), 3) for k in sorted({k for r in requests for k in r})}
+        have = {k: round(sum(node.get(k, 0.0) for node in nodes), 3) for k in totals}
+        most = _most_workers(cfg, len(options) - 1, nodes)
+        advice = f"set runtime.num_workers to at most {most}" if most else "lower the classes' resource requests"
+        raise UserError(f"the cluster cannot hold the {len(options)} client actors at once (together they ask for "
+                        f"{totals}, each GPU share on one GPU; the cluster has {have}): {advice}")
 
 
 def bundle(options: dict[str, Any]) -> dict[str, float]:
@@ -328,7 +360,7 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
         timing["ray_ready_at"] = time.time()
         options, eligible = worker_options(cfg, cfg.runtime.num_workers or default_num_workers(cfg))
         if placement_group is None:
-            check_schedulable(options)
+            check_schedulable(cfg, options)
         actors = create_actors(cfg, options, placement_group)  # they start while the data finishes loading
         timing["actors_created_at"] = time.time()
         exp: Experiment = inputs.get()

@@ -7,6 +7,7 @@ what makes a run independent of how many actors there are.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -68,6 +69,19 @@ def pick_device(preference: str) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def make_deterministic(device: torch.device) -> None:
+    """On CUDA, kernels that give the same floats every time: cuDNN otherwise picks convolution algorithms by
+    speed and some sum with atomics, and cuBLAS splits sums by workspace; the same job twice then differs in its last
+    bits (seen on an H200: a FedGMR run's losses moved in the 7th digit between two runs). An operation without a
+    deterministic kernel warns instead of failing. The CPU's kernels are deterministic already."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, i.e. at the first matmul
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def memory_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
@@ -194,6 +208,7 @@ class ClientTrainer:
                  copy_results: bool = True, channels_last: bool = True) -> None:
         self.spec = spec
         self.device = pick_device(device)
+        make_deterministic(self.device)
         self.model = spec.build().to(self.device)
         self.layout = memory_layout(self.model, self.device) if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.layout)

@@ -180,3 +180,37 @@ def covers(worker: dict[str, Any], request: dict[str, Any]) -> bool:
     train that class's clients, so jobs spread over every actor that can take them."""
     have = resource_amounts(worker)
     return all(have.get(key, 0.0) >= value - 1e-9 for key, value in resource_amounts(request).items())
+
+
+def fits(requests: list[dict[str, float]], nodes: list[dict[str, float]]) -> bool:
+    """Whether every request (`resource_amounts` of an actor's options) can hold its resources at the same time on
+    these nodes (their total resources), as Ray places them: each request on one node, a GPU share below 1 on one
+    GPU of it, a request of whole GPUs on that many unshared ones. First-fit, largest GPU share first: a few
+    requests of the sizes FL classes use are placed as any packing would."""
+    eps = 1e-9
+    free = [({k: v for k, v in node.items() if k != "GPU"}, [1.0] * int(node.get("GPU", 0) + eps)) for node in nodes]
+    for need in sorted(requests, key=lambda r: (-r.get("GPU", 0.0), -sum(r.values()))):
+        share = need.get("GPU", 0.0)
+        others = {k: v for k, v in need.items() if k != "GPU"}
+        for resources, gpus in free:
+            if any(resources.get(k, 0.0) < v - eps for k, v in others.items()):
+                continue
+            if share >= 1.0:
+                idle = [g for g, left in enumerate(gpus) if left >= 1.0 - eps]
+                if len(idle) < round(share):
+                    continue
+                taken = idle[:round(share)]
+            elif share > 0:
+                taken = [g for g, left in enumerate(gpus) if left >= share - eps][:1]
+                if not taken:
+                    continue
+            else:
+                taken = []
+            for g in taken:
+                gpus[g] -= min(share, 1.0)
+            for k, v in others.items():
+                resources[k] -= v
+            break
+        else:
+            return False
+    return True
