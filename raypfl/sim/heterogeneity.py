@@ -192,22 +192,13 @@ def fits(requests: list[dict[str, float]], nodes: list[dict[str, float]]) -> boo
     for need in sorted(requests, key=lambda r: (-r.get("GPU", 0.0), -sum(r.values()))):
         share = need.get("GPU", 0.0)
         others = {k: v for k, v in need.items() if k != "GPU"}
+        wanted, each = (round(share), 1.0) if share >= 1.0 else (int(share > 0), share)  # GPUs, and of each
         for resources, gpus in free:
-            if any(resources.get(k, 0.0) < v - eps for k, v in others.items()):
+            taken = [g for g, left in enumerate(gpus) if left >= each - eps][:wanted]
+            if len(taken) < wanted or any(resources.get(k, 0.0) < v - eps for k, v in others.items()):
                 continue
-            if share >= 1.0:
-                idle = [g for g, left in enumerate(gpus) if left >= 1.0 - eps]
-                if len(idle) < round(share):
-                    continue
-                taken = idle[:round(share)]
-            elif share > 0:
-                taken = [g for g, left in enumerate(gpus) if left >= share - eps][:1]
-                if not taken:
-                    continue
-            else:
-                taken = []
             for g in taken:
-                gpus[g] -= min(share, 1.0)
+                gpus[g] -= each
             for k, v in others.items():
                 resources[k] -= v
             break
