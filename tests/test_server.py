@@ -111,6 +111,18 @@ def test_weak_client_arrives_late_and_stale() -> None:
     assert flush["buffer_size"] == 2
 
 
+@pytest.mark.parametrize(("mode", "due"), [("virtual", 186.5), ("realtime", 37.7)])
+def test_a_job_is_due_when_its_result_can_first_be_aggregated(mode: str, due: float) -> None:
+    # The weak client's result is needed at its upload's end, 37.2/1 + 0.5 + 37.2/0.25 = 186.5 s, not when its
+    # training ends (37.7 s): trainers run jobs in this order, and a result computed early waits in memory.
+    # Realtime mode checks the result when the upload starts.
+    cfg = make_config([STRONG, WEAK], REFERENCE, budget_s=190.0)
+    cfg.runtime.mode = mode
+    trainer = FakeTrainer()
+    make_server(cfg, trainer).run_until_eval()
+    assert trainer.pending[1].due == pytest.approx(due)
+
+
 def test_synchronous_rounds_wait_for_the_slowest_client() -> None:
     cfg = make_config([STRONG, WEAK], {"name": "fedavg"}, budget_s=400.0)
     records = run_all(make_server(cfg))

@@ -47,7 +47,7 @@ class TrainJob:
     od_widths: tuple[float, ...] = ()  # FjORD's ordered dropout: the width p of each local step, cycled
     mask_key: MaskKey | None = None
     score_samples: int | None = None  # also score the trained model on this many test samples (GMR's client trigger)
-    due: float = 0.0  # virtual time its result is needed from: trainers run the earliest-due jobs first
+    due: float = 0.0  # virtual time its result may first be aggregated: trainers run the earliest-due jobs first
 
 
 @dataclass(frozen=True)

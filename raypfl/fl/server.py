@@ -314,7 +314,17 @@ class Server:
                         local_steps=self.cfg.training.local_steps, want_grads=self.submodels.wants_grads,
                         sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(cs.job_density),
                         mask_key=key if cs.job_density < 1.0 else None,
-                        score_samples=self.alg.recovery.client_eval_samples if cs.scoring else None, due=cs.due)
+                        score_samples=self.alg.recovery.client_eval_samples if cs.scoring else None,
+                        due=self._needed_from(cs))
+
+    def _needed_from(self, cs: ClientState) -> float:
+        """The earliest virtual time a job's result can be aggregated: its upload's end at the client's own rate
+        (sharing the server's capacity only delays it). Realtime mode looks at the result when the upload starts.
+        Trainers run the earliest-needed jobs first: ordered by training end, a slow link's result waited through
+        its upload in the object store (FedAsync, 100 in flight: ~80 results, 2 GB)."""
+        if self.cfg.runtime.mode == "realtime" or cs.upload_rate <= 0:
+            return cs.due
+        return cs.due + cs.upload_mb / cs.upload_rate
 
     def _start_upload(self, client: int) -> None:
         if self.cfg.runtime.mode == "realtime" and not self.trainer.ready(client):

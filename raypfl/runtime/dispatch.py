@@ -5,7 +5,8 @@ per actor, fetches each result when it is done, and runs a job again when the ac
 principle 8): a job is a pure function of (job, data, config), so the history does not change. The actors work
 ahead of the aggregator, but only so far: a finished result waits in the object store until the aggregator takes
 it, so beyond the jobs the aggregator has asked for at most `runahead` results wait (unbounded, FedAsync with 100
-clients in flight had ~50 waiting: 1.3 GB). No PyTorch here: the aggregator's process stays light.
+clients in flight had ~50 waiting: 1.3 GB). A job is due when its result can first be aggregated (`TrainJob.due`):
+every job due before one the aggregator asks for runs too. No PyTorch here: the aggregator's process stays light.
 """
 
 from __future__ import annotations
