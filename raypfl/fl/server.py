@@ -54,7 +54,7 @@ class ClientState:
     job_density: float = 1.0  # the density of the sub-model it is training now
     mask_generation: int = 0
     dispatched_at: float = 0.0
-    due: float = 0.0  # when its upload starts: the virtual time its training result is needed from
+    due: float = 0.0  # when its training ends and its upload starts (its job is due when the upload can end)
     cycle_times: list[float] = field(default_factory=list)
     upload_mb: float = 0.0
     upload_rate: float = 0.0
