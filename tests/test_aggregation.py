@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from raypfl.fl.aggregation import ClientUpdate, aggregate, apply_mask
+from raypfl.fl.aggregation import ClientUpdate, aggregate, apply_mask, compact, expand
 
 RULES = ["ma", "ma_mix", "fa", "ga"]
 
@@ -188,3 +188,27 @@ def test_spans_and_threads_do_not_change_a_bit(monkeypatch, rule):
     for key in old:
         assert spanned[key].dtype == single[key].dtype
         assert spanned[key].tobytes() == single[key].tobytes()
+
+
+def test_compact_keeps_the_held_values_in_the_masks_c_order():
+    w = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
+    mask = {"w": np.array([[True, False, True], [False, True, True]])}
+    bias = np.array([7.0, 8.0], dtype=np.float32)
+    out = compact({"w": w, "b": bias}, mask)
+    np.testing.assert_array_equal(out["w"], np.array([1.0, 3.0, 5.0, 6.0], dtype=np.float32))
+    assert out["w"].dtype == np.float32
+    assert out["b"] is bias  # not in the mask: held whole, not copied
+    # a view in another memory order: still the mask's C order over the view's indices
+    transposed = compact({"w": w.T}, {"w": mask["w"].T})["w"]
+    np.testing.assert_array_equal(transposed, np.array([1.0, 5.0, 3.0, 6.0], dtype=np.float32))
+    assert compact({"w": out["w"]}, mask)["w"] is out["w"]  # already compact: unchanged
+    assert compact({"w": w}, {"w": np.zeros((2, 3), dtype=bool)})["w"].shape == (0,)
+
+
+def test_expand_puts_the_held_values_back_and_zero_elsewhere():
+    like = {"w": np.full((2, 3), 9.0, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+    mask = {"w": np.array([[True, False, True], [False, True, True]])}
+    out = expand({"w": np.array([1.0, 3.0, 5.0, 6.0], dtype=np.float32), "b": np.array([7.0, 8.0])}, mask, like)
+    np.testing.assert_array_equal(out["w"], np.array([[1.0, 0.0, 3.0], [0.0, 5.0, 6.0]], dtype=np.float32))
+    assert out["w"].dtype == np.float32
+    np.testing.assert_array_equal(out["b"], [7.0, 8.0])
