@@ -39,7 +39,7 @@ from raypfl.sim.heterogeneity import (
     merged_options,
     resource_amounts,
 )
-from raypfl.tracking import DEFAULT_URI, RunTracker, heterogeneity_tag, tracking_uri
+from raypfl.tracking import DEFAULT_URI, TrackerProcess, heterogeneity_tag, tracking_uri
 
 if TYPE_CHECKING:  # PyTorch-bound: imported when a run starts, while Ray starts
     from raypfl.runtime.pool import Experiment, Pilot
@@ -256,13 +256,6 @@ class _Background:
         return self._value
 
 
-def _open_tracking(cfg: Config, run_name: str, run_id: str | None, parent_run_id: str | None,
-                   run_dir: Path) -> RunTracker:
-    tracker = RunTracker(cfg, run_name, run_id, parent_run_id)
-    (run_dir / "mlflow_run_id").write_text(tracker.run_id)
-    return tracker
-
-
 def check_job_locations(cfg: Config) -> None:
     """Inside a Ray job the working directory is a temporary copy that vanishes with the job: outputs written to
     a relative path would vanish with it."""
@@ -319,10 +312,10 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
     else:
         run_name = run_dir.name
     inputs = _Background("inputs", lambda: read_inputs(cfg, reader))  # the data loads while Ray starts
-    open_tracking = (lambda: _open_tracking(cfg, run_name, run_id, parent_run_id, run_dir)) \
-        if cfg.tracking.enabled else None
+    # MLflow imports in a child process while Ray starts; the run opens in MLflow once the actors are created
+    tracker = TrackerProcess(cfg, run_name, run_id, parent_run_id) if cfg.tracking.enabled else None
     try:
-        return _run(cfg, inputs, run_dir, snapshot, open_tracking, console, on_eval, placement_group, timing)
+        return _run(cfg, inputs, run_dir, snapshot, tracker, console, on_eval, placement_group, timing)
     except UserError:
         if resume is None:  # bad input found while starting: leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -330,18 +323,19 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
 
 
 def _process_start() -> float:
-    """When this process started (wall clock, from Linux's /proc; elsewhere: now): start-up is measured from there."""
+    """When this process started (wall clock, from Linux's /proc; elsewhere: now): start-up is measured from there.
+
+    Measured back from now on the clock /proc counts in: /proc/stat's boot time is rounded to whole seconds."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
         return time.time()
 
 
 def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, Any] | None,
-         open_tracking: Callable[[], RunTracker] | None, console: Console, on_eval: EvalHook | None,
+         tracker: TrackerProcess | None, console: Console, on_eval: EvalHook | None,
          placement_group: Any, timing: dict[str, float]) -> dict[str, Any]:
     import ray
 
@@ -351,7 +345,6 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
     started_ray = False
     actors: list[Any] = []
     pilot: Pilot | None = None
-    tracking: _Background | None = None
     status = "FAILED"
     restore_sigterm: Callable[[], None] = lambda: None  # noqa: E731
     try:
@@ -366,9 +359,9 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
         exp: Experiment = inputs.get()
         timing["inputs_loaded_at"] = time.time()
         pilot = Pilot(exp, actors, eligible, load_actors(exp, actors), placement_group, snapshot, run_dir)
-        if open_tracking is not None:  # MLflow sets up while the actors start
-            tracking = _Background("mlflow", open_tracking)
-        history, tracker = _drive(cfg, pilot, tracking, run_dir, console, on_eval)
+        if tracker is not None:
+            tracker.open()
+        history = _drive(cfg, pilot, tracker, run_dir, console, on_eval)
         timing["simulated_at"] = time.time()
         summary = pilot.summary()
         infos = worker_info(actors)
@@ -410,9 +403,9 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
             ray.kill(actor)
         if pilot is not None:
             pilot.stop()
-        if tracking is not None:
+        if tracker is not None:
             with suppress(Exception):  # the run's own error, if any, is the one to report
-                tracking.get().finish(status)
+                tracker.finish(status)
         if started_ray:
             ray.shutdown()
         restore_sigterm()
@@ -426,8 +419,8 @@ def _save_latest(pilot: Pilot | None, run_dir: Path, console: Console, how: str)
                   f"'raypfl run --resume {run_dir}'", soft_wrap=True)
 
 
-def _drive(cfg: Config, pilot: Pilot, tracking: _Background | None, run_dir: Path, console: Console,
-           on_eval: EvalHook | None) -> tuple[list[dict[str, Any]], RunTracker | None]:
+def _drive(cfg: Config, pilot: Pilot, tracker: TrackerProcess | None, run_dir: Path, console: Console,
+           on_eval: EvalHook | None) -> list[dict[str, Any]]:
     """Pull evaluations from the aggregator until the budget is spent: progress, MLflow, checkpoints. The
     aggregator is already on its way to the next evaluation while one is logged and saved."""
     from raypfl.runtime.dispatch import WorkersLost
@@ -440,7 +433,8 @@ def _drive(cfg: Config, pilot: Pilot, tracking: _Background | None, run_dir: Pat
                TimeElapsedColumn()]
     evals = 0
     pilot.submit()
-    tracker = tracking.get() if tracking is not None else None  # MLflow's run opens while the aggregator runs
+    if tracker is not None:  # the MLflow run opens while the aggregator runs
+        (run_dir / "mlflow_run_id").write_text(tracker.opened())
     with Progress(*columns, console=console, transient=False) as progress:
         start = history[-1]["virtual_time_s"] if history else 0.0
         task = progress.add_task(cfg.algorithm.name, total=budget, completed=start, round="-", acc="-",
@@ -470,11 +464,11 @@ def _drive(cfg: Config, pilot: Pilot, tracking: _Background | None, run_dir: Pat
             if on_eval is not None and (new or saved is not None):
                 on_eval(history, saved)
             if step["done"]:
-                return history, tracker
+                return history
 
 
 def _result(cfg: Config, history: list[dict[str, Any]], summary: dict[str, Any], run_dir: Path,
-            tracker: RunTracker | None) -> dict[str, Any]:
+            tracker: TrackerProcess | None) -> dict[str, Any]:
     last = history[-1]
     reported = reported_accuracy(history, cfg.budget.report_window)
     return {
