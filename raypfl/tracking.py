@@ -50,9 +50,13 @@ def heterogeneity_tag(cfg: Config) -> str:
     return h if isinstance(h, str) else "custom:" + ",".join(f"{c.name}x{c.count}" for c in h)
 
 
+def _describe(exc: Exception) -> str:
+    """The error's type and the first line of its message."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def bad_uri(cfg: Config, exc: Exception) -> UserError:
-    return UserError(f"cannot use the MLflow tracking URI {tracking_uri(cfg)!r}: {type(exc).__name__}: "
-                     f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    return UserError(f"cannot use the MLflow tracking URI {tracking_uri(cfg)!r}: {_describe(exc)}")
 
 
 class RunTracker:
@@ -147,19 +151,21 @@ class TrackerProcess:
         # group of its own (autogroup), beside the whole of Ray's, and its niceness would be void.
         self._child = subprocess.Popen([sys.executable, "-m", "raypfl.tracking"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True, process_group=0)
-        self._pending = 0
-        self._opening = False
+        self._opening = False  # `open` was called
+        self._open_unanswered = False  # the only answer not read right after its request
         self.run_id: str | None = None
 
     def open(self) -> None:
         """Create (or continue) the MLflow run; returns at once, `opened` waits for it."""
         self._send(self._open_request)
-        self._opening = True
+        self._opening = self._open_unanswered = True
 
     def opened(self) -> str:
         """The run's id, once the child has opened it."""
-        if self.run_id is None:
+        if self._open_unanswered:
+            self._open_unanswered = False
             self.run_id = str(self._answer()["run_id"])
+        assert self.run_id is not None, "opened() before open()"
         return self.run_id
 
     def log_eval(self, record: dict[str, Any]) -> None:
@@ -202,21 +208,19 @@ class TrackerProcess:
             self._child.stdin.flush()
         except OSError:
             raise RunFailed(f"MLflow's logging process has exited (code {self._child.poll()})") from None
-        self._pending += 1
 
     def _answer(self) -> dict[str, Any]:
         assert self._child.stdout is not None
         line = self._child.stdout.readline()
         if not line:
             raise RunFailed(f"MLflow's logging process has exited (code {self._child.wait()})")
-        self._pending -= 1
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
             raise (UserError if answer.get("user") else RunFailed)(answer["error"])
         return answer
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        if self._pending:  # the run was opened: its answer comes first
+        if self._open_unanswered:  # its answer comes first
             self.opened()
         self._send(request)
         return self._answer()
@@ -254,8 +258,7 @@ def serve(requests: IO[str], answers: IO[str]) -> None:
         except UserError as exc:
             answer = {"error": str(exc), "user": True}
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which stops the run
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            answer = {"error": f"MLflow: {type(exc).__name__}: {first}"}
+            answer = {"error": f"MLflow: {_describe(exc)}"}
         answers.write(json.dumps(answer) + "\n")
         answers.flush()
         if op == "finish":
@@ -270,6 +273,7 @@ def _child_main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # MLflow's own prints must not mix with the answers
     sys.stdout = sys.stderr
     serve(sys.stdin, answers)
+
 
 if __name__ == "__main__":
     _child_main()
