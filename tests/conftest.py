@@ -12,10 +12,13 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One Ray instance for the whole test session: 2 CPUs and 4 logical GPUs, no dashboard."""
+    """One Ray instance for the whole test session, started as a run starts its own: 2 CPUs and 4 logical GPUs,
+    no dashboard."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    from raypfl.runtime.local_ray import start_local_ray
+
+    start_local_ray(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

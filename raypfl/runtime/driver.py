@@ -31,6 +31,7 @@ from raypfl.data.datasets import Reader, locate_dataset
 from raypfl.errors import RunFailed, Terminated, UserError
 from raypfl.report import plot_curves, reported_accuracy, summary_table, time_to_accuracy, write_history_csv, write_json
 from raypfl.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from raypfl.runtime.local_ray import start_local_ray
 from raypfl.sim.heterogeneity import (
     assign_workers,
     client_classes,
@@ -97,8 +98,8 @@ def connect_ray(cfg: Config) -> bool:
             # A private local instance: no token file (and no warning about it), no runtime environment, so that
             # the client actors start in the worker processes Ray has already started
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(num_gpus=_local_gpus(cfg), include_dashboard=False, dashboard_host="127.0.0.1",
-                     log_to_driver=False, logging_level=logging.WARNING)
+            start_local_ray(num_gpus=_local_gpus(cfg), include_dashboard=False, dashboard_host="127.0.0.1",
+                            log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UserError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,47 @@
+"""`start_local_ray`: a private local Ray instance without the head services that a run has no use for.
+
+Besides the GCS and the raylet, `ray.init()` without a cluster starts three Python services on the head: the
+autoscaler's monitor (a private instance has fixed resources), the log monitor (it streams worker output to the
+drivers that ask for it; a run passes `log_to_driver=False`) and the dashboard's API server, which, with
+`include_dashboard=False`, loads only the usage-stats module (usage statistics are off) and which `ray.init` waits
+for until it has published its address. On two cores they took ~2.4 CPU seconds and about 2 s of every run's
+start-up (README, Performance).
+
+Ray has no public switch for them: its head takes them from `RayParams.no_monitor`, `RayParams.include_log_monitor`
+and `Node.start_api_server`. This module sets those for the one `ray.init` call it makes, on the Ray version pinned
+in pyproject.toml (tests/test_local_ray.py fails when an upgrade moves them); a Ray without these hooks starts in
+full.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+UNUSED_SERVICES = ("monitor", "log_monitor", "dashboard")  # Ray's names for the processes this leaves out
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """`ray.init(**init_kwargs)` for a new local instance, without the services in UNUSED_SERVICES."""
+    import ray
+    import ray._private.node as node_module
+
+    full = node_module.Node
+    if not hasattr(full, "start_api_server"):
+        ray.init(**init_kwargs)
+        return
+
+    class LeanHead(full):  # type: ignore[misc, valid-type]
+        def __init__(self, ray_params: Any, head: bool = False, **kwargs: Any) -> None:
+            if head:
+                ray_params.no_monitor = True
+                ray_params.include_log_monitor = False
+            super().__init__(ray_params, head=head, **kwargs)
+
+        def start_api_server(self, **_: Any) -> None:
+            pass
+
+    node_module.Node = LeanHead
+    try:
+        ray.init(**init_kwargs)
+    finally:
+        node_module.Node = full
