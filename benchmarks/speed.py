@@ -1,7 +1,7 @@
 """raypfl against the physical limit: `raypfl run CONFIG` and a bare PyTorch loop doing the same SGD work
 (benchmarks/bare_loop.py), run as whole processes in interleaved pairs on this machine.
 
-    python -m benchmarks.speed [--pairs 3] [--config benchmarks/configs/w1.yaml] [--profile DIR]
+    python -m benchmarks.speed [--pairs 3] [--config benchmarks/configs/w1.yaml] [--profile DIR] [--flower PYTHON]
 
 For each pair it prints both wall times and their ratio, the median time of a round (median of the per-round wall
 times: training, transfers, aggregation, evaluation), and raypfl's time split into start-up (process start to the
@@ -9,13 +9,16 @@ first training step), rounds and shut-down; then the medians over the pairs, and
 machine at that hour (benchmarks/step_limit.py: an SGD step as the bare loop takes it against two client actors'
 steps at once). Nothing else may run meanwhile: two cores are easily shared. A warm-up run of each (not timed)
 fills the page cache and creates the MLflow database, as on a machine that has run raypfl before. `--profile DIR`
-records one more raypfl run with py-spy (every process of the run) into DIR/raypfl.svg.
+records one more raypfl run with py-spy (every process of the run) into DIR/raypfl.svg. `--flower PYTHON` adds the
+same experiment on Flower's simulation runtime (benchmarks/flower_w1.py, run with PYTHON, the interpreter of an
+environment with Flower) to every pair, each of the three going first in turn, and a second table comparing it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,11 +59,25 @@ def run_raypfl(config: Path, cwd: Path, name: str, prefix: list[str] | None = No
             "accuracy": result["final_accuracy"]}
 
 
+def run_flower(python: Path, config: Path) -> dict[str, Any]:
+    started = time.time()
+    out = subprocess.run([str(python), "-m", "benchmarks.flower_w1", str(config)], cwd=Path(__file__).parent.parent,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+                         capture_output=True, text=True, check=True).stdout
+    wall = time.time() - started
+    report = json.loads(out.strip().splitlines()[-1])
+    return {"wall": wall, "round": report["round_s_median"], "startup": report["first_step_at"] - started,
+            "accuracy": report["evaluations"][-1]["accuracy"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--config", type=Path, default=W1)
     parser.add_argument("--profile", type=Path, help="also record a raypfl run with py-spy into this folder")
+    parser.add_argument("--flower", type=Path, metavar="PYTHON",
+                        help="also run the config on Flower's simulation runtime with this interpreter (an "
+                             "environment with flwr[simulation]: benchmarks/flower_w1.py)")
     args = parser.parse_args()
     config = args.config.resolve()
     cfg = load_config(config)
@@ -71,16 +88,22 @@ def main() -> None:
         console.print("warm-up (not timed) ...")
         run_bare(config, work)
         run_raypfl(config, work, "warmup")
+        runners = {"bare": lambda pair: run_bare(config, work),
+                   "raypfl": lambda pair: run_raypfl(config, work, f"pair{pair}")}
+        if args.flower is not None:
+            run_flower(args.flower, config)
+            runners["flower"] = lambda pair: run_flower(args.flower, config)
         rows = []
         for pair in range(args.pairs):
-            order = ("bare", "raypfl") if pair % 2 == 0 else ("raypfl", "bare")
-            got = {}
-            for what in order:
-                got[what] = run_bare(config, work) if what == "bare" else run_raypfl(config, work, f"pair{pair}")
+            names = list(runners)
+            order = names[pair % len(names):] + names[:pair % len(names)]  # each goes first in turn
+            got = {what: runners[what](pair) for what in order}
             rows.append(got)
             b, r = got["bare"], got["raypfl"]
             console.print(f"pair {pair + 1}: bare {b['wall']:.1f} s, raypfl {r['wall']:.1f} s "
-                          f"(ratio {r['wall'] / b['wall']:.3f}); round {b['round']:.2f} vs {r['round']:.2f} s")
+                          f"(ratio {r['wall'] / b['wall']:.3f}); round {b['round']:.2f} vs {r['round']:.2f} s"
+                          + (f"; Flower {got['flower']['wall']:.1f} s, round {got['flower']['round']:.2f} s"
+                             if "flower" in got else ""))
         limit = step_limit(config)
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -89,6 +112,8 @@ def main() -> None:
                                                   str((args.profile / "raypfl.svg").resolve()), "--"])
             console.print(f"profile written to {args.profile / 'raypfl.svg'}")
     console.print(table(rows, steps, config))
+    if args.flower is not None:
+        console.print(flower_table(rows, steps, config))
     console.print(f"per-round limit of this machine now: a round can take at best {limit['round_ratio']:.3f} of the "
                   f"bare loop's (bare {limit['bare_ms']:.1f} ms per step, raypfl's actors {limit['actor_ms']:.1f} ms "
                   "each, two at once)")
@@ -113,6 +138,31 @@ def table(rows: list[dict[str, dict[str, Any]]], steps: int, config: Path) -> Ta
     round_ratios = [row["raypfl"]["round"] / row["bare"]["round"] for row in rows]
     last = cells(median["bare"], median["raypfl"])
     last[2], last[5] = f"{statistics.median(ratios):.3f}", f"{statistics.median(round_ratios):.3f}"
+    out.add_row("median", *last)
+    return out
+
+
+def flower_table(rows: list[dict[str, dict[str, Any]]], steps: int, config: Path) -> Table:
+    out = Table(title=f"{config.name} on Flower's simulation runtime, in the same interleaved runs")
+    for column in ("run", "bare (s)", "Flower (s)", "Flower / bare", "raypfl / Flower", "Flower round (s)",
+                   "round: Flower / bare", "steps/s Flower", "start-up (s)", "accuracy Flower / raypfl"):
+        out.add_column(column, justify="right")
+    keys = ("bare", "raypfl", "flower")
+
+    def cells(b: dict[str, Any], r: dict[str, Any], f: dict[str, Any]) -> list[str]:
+        return [f"{b['wall']:.1f}", f"{f['wall']:.1f}", f"{f['wall'] / b['wall']:.3f}", f"{r['wall'] / f['wall']:.3f}",
+                f"{f['round']:.2f}", f"{f['round'] / b['round']:.3f}", f"{steps / f['wall']:.1f}",
+                f"{f['startup']:.1f}", f"{f['accuracy']:.4f} / {r['accuracy']:.4f}"]
+
+    for k, row in enumerate(rows):
+        out.add_row(str(k + 1), *cells(*(row[what] for what in keys)))
+    median = {what: {key: statistics.median(row[what][key] for row in rows) for key in ("wall", "round", "startup",
+                                                                                        "accuracy")}
+              for what in keys}
+    last = cells(*(median[what] for what in keys))
+    last[2] = f"{statistics.median(row['flower']['wall'] / row['bare']['wall'] for row in rows):.3f}"
+    last[3] = f"{statistics.median(row['raypfl']['wall'] / row['flower']['wall'] for row in rows):.3f}"
+    last[5] = f"{statistics.median(row['flower']['round'] / row['bare']['round'] for row in rows):.3f}"
     out.add_row("median", *last)
     return out
 
