@@ -102,8 +102,8 @@ def main() -> None:
             b, r = got["bare"], got["raypfl"]
             console.print(f"pair {pair + 1}: bare {b['wall']:.1f} s, raypfl {r['wall']:.1f} s "
                           f"(ratio {r['wall'] / b['wall']:.3f}); round {b['round']:.2f} vs {r['round']:.2f} s"
-                          + (f"; Flower {got['flower']['wall']:.1f} s, round {got['flower']['round']:.2f} s"
-                             if "flower" in got else ""))
+                          + (f"; Flower {got['flower']['wall']:.1f} s, round {got['flower']['round']:.2f} s, "
+                             f"start-up {got['flower']['startup']:.1f} s" if "flower" in got else ""))
         limit = step_limit(config)
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -156,8 +156,7 @@ def flower_table(rows: list[dict[str, dict[str, Any]]], steps: int, config: Path
 
     for k, row in enumerate(rows):
         out.add_row(str(k + 1), *cells(*(row[what] for what in keys)))
-    median = {what: {key: statistics.median(row[what][key] for row in rows) for key in ("wall", "round", "startup",
-                                                                                        "accuracy")}
+    median = {what: {key: statistics.median(row[what][key] for row in rows) for key in rows[0][what]}
               for what in keys}
     last = cells(*(median[what] for what in keys))
     last[2] = f"{statistics.median(row['flower']['wall'] / row['bare']['wall'] for row in rows):.3f}"
