@@ -70,6 +70,14 @@ def run_flower(python: Path, config: Path) -> dict[str, Any]:
             "accuracy": report["evaluations"][-1]["accuracy"]}
 
 
+def _has_flower(python: Path) -> bool:
+    try:
+        return subprocess.run([str(python), "-c", "import flwr.simulation, torch"], capture_output=True,
+                              timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
@@ -79,6 +87,8 @@ def main() -> None:
                         help="also run the config on Flower's simulation runtime with this interpreter (an "
                              "environment with flwr[simulation]: benchmarks/flower_w1.py)")
     args = parser.parse_args()
+    if args.flower is not None and not _has_flower(args.flower):
+        parser.error(f"--flower: {args.flower} is not the Python of an environment with flwr[simulation] and torch")
     config = args.config.resolve()
     cfg = load_config(config)
     console = wide_console()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-UNUSED_SERVICES = ("monitor", "log_monitor", "dashboard")  # Ray's names for the processes this leaves out
+UNUSED_SERVICES = ("monitor", "log_monitor", "dashboard")  # Ray's names for the processes a run leaves out
 
 
 def start_local_ray(**init_kwargs: Any) -> None:
-    """`ray.init(**init_kwargs)` for a new local instance, without the services in UNUSED_SERVICES."""
+    """`ray.init(**init_kwargs)` for a new local instance without the services in UNUSED_SERVICES, as far as the
+    arguments allow: the log monitor only with `log_to_driver=False`, the API server only with
+    `include_dashboard=False`."""
     import ray
     import ray._private.node as node_module
 
@@ -29,16 +31,20 @@ def start_local_ray(**init_kwargs: Any) -> None:
     if not hasattr(full, "start_api_server"):
         ray.init(**init_kwargs)
         return
+    quiet = init_kwargs.get("log_to_driver") is False
+    headless = init_kwargs.get("include_dashboard") is False
 
     class LeanHead(full):  # type: ignore[misc, valid-type]
         def __init__(self, ray_params: Any, head: bool = False, **kwargs: Any) -> None:
             if head:
                 ray_params.no_monitor = True
-                ray_params.include_log_monitor = False
+                if quiet:
+                    ray_params.include_log_monitor = False
             super().__init__(ray_params, head=head, **kwargs)
 
-        def start_api_server(self, **_: Any) -> None:
-            pass
+        def start_api_server(self, **kwargs: Any) -> None:
+            if not headless:
+                super().start_api_server(**kwargs)
 
     node_module.Node = LeanHead
     try:
