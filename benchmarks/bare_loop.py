@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from raypfl.config import load_config
+from raypfl.config import TrainingConfig, load_config
 from raypfl.data import load_dataset, partition
 from raypfl.fl.jobs import ModelSpec
 from raypfl.fl.participation import Participation
@@ -50,7 +51,6 @@ def main() -> None:
     global_model = spec.build()
     model = spec.build()
     loss = loss_fn(t.loss, data.num_classes)
-    count = t.local_steps * t.batch_size
     cycles = np.zeros(cfg.clients.num_clients, dtype=np.int64)
     evaluations, round_times = [], []
     clients = draws.initial()
@@ -59,15 +59,7 @@ def main() -> None:
         total = {k: torch.zeros_like(v) for k, v in global_model.state_dict().items()}
         for client in clients:
             model.load_state_dict(global_model.state_dict())
-            optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-            idx = torch.from_numpy(cycle_indices(parts[client], seed, client, int(cycles[client]), count))
-            torch.manual_seed(int(np.random.default_rng([seed, 5, client, int(cycles[client])]).integers(2**62)))
-            model.train()
-            for step in range(t.local_steps):
-                batch = idx[step * t.batch_size:(step + 1) * t.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss(model(x[batch]), y[batch]).backward()
-                optimizer.step()
+            train_client(model, t, loss, x, y, parts[client], seed, client, int(cycles[client]))
             cycles[client] += 1
             for k, v in model.state_dict().items():
                 total[k].add_(v)
@@ -79,6 +71,20 @@ def main() -> None:
         clients = draws.round_sample(round_)
     print(json.dumps({"evaluations": evaluations, "steps": budget.max_rounds * len(clients) * t.local_steps,
                       "round_s_median": float(np.median(round_times)), "threads": torch.get_num_threads()}))
+
+
+def train_client(model: torch.nn.Module, t: TrainingConfig, loss: Callable[..., torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor, part: np.ndarray, seed: int, client: int, cycle: int) -> None:
+    """One client's local round in place: plain SGD over its data in the order of (seed, client, cycle)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    idx = torch.from_numpy(cycle_indices(part, seed, client, cycle, t.local_steps * t.batch_size))
+    torch.manual_seed(int(np.random.default_rng([seed, 5, client, cycle]).integers(2**62)))
+    model.train()
+    for step in range(t.local_steps):
+        batch = idx[step * t.batch_size:(step + 1) * t.batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(x[batch]), y[batch]).backward()
+        optimizer.step()
 
 
 @torch.no_grad()

@@ -35,10 +35,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
+from benchmarks.bare_loop import evaluate, train_client
 from raypfl.config import Config, load_config
 from raypfl.data import load_dataset, partition
 from raypfl.fl.jobs import ModelSpec
-from raypfl.runtime.training import cycle_indices, loss_fn
+from raypfl.runtime.training import loss_fn
 
 W1 = Path(__file__).parent / "configs" / "w1.yaml"
 CONFIG_ENV = "RAYPFL_FLOWER_CONFIG"  # the client apps run in Ray's worker processes: they find the config here
@@ -64,18 +65,9 @@ def train(message: Message, context: Context) -> Message:
     cycle = int(context.state["cycle"]["n"]) if "cycle" in context.state else 0  # type: ignore[index]
     model = spec.build()
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())  # type: ignore[union-attr]
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    loss = loss_fn(t.loss, data.num_classes)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    idx = torch.from_numpy(cycle_indices(parts[client], seed, client, cycle, t.local_steps * t.batch_size))
-    torch.manual_seed(int(np.random.default_rng([seed, 5, client, cycle]).integers(2**62)))
     started = time.time()
-    model.train()
-    for step in range(t.local_steps):
-        batch = idx[step * t.batch_size:(step + 1) * t.batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss(model(x[batch]), y[batch]).backward()
-        optimizer.step()
+    train_client(model, t, loss_fn(t.loss, data.num_classes), x, y, parts[client], seed, client, cycle)
     context.state["cycle"] = ConfigRecord({"n": cycle + 1})
     metrics = MetricRecord({"num-examples": t.local_steps * t.batch_size, "started-at": started})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=message)
@@ -93,8 +85,6 @@ def _earliest_start(replies: list[RecordDict], weighted_by_key: str) -> MetricRe
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from benchmarks.bare_loop import evaluate
-
     cfg, data, _, spec = setup()
     budget = cfg.budget
     assert budget.max_rounds is not None
