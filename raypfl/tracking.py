@@ -136,7 +136,7 @@ class RunTracker:
 class TrackerProcess:
     """A run's `RunTracker` in a child process (`python -m raypfl.tracking`), created when the run starts.
 
-    Importing MLflow costs ~2.5 CPU seconds, more than the rest of the driver's start-up: begun at once, at lower
+    Importing MLflow costs more CPU time than the rest of the driver's start-up: begun at once, at lower
     priority, in a process of its own (it never holds the driver's GIL), it uses the CPU time that Ray's start-up
     leaves idle instead of delaying the first training step. Nothing reaches MLflow before `open`. Every call but
     `open` waits for the child's answer, so a failure is raised where the call is made: a bad URI as the UserError

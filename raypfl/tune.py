@@ -188,7 +188,7 @@ class Sweep:
     def bundles(self, params: dict[str, Any]) -> list[dict[str, float]]:
         """The trial's placement group: one CPU for the trial (its aggregator runs there with 0 CPUs), then one
         bundle per client actor with the request of the classes it serves."""
-        from raypfl.runtime.driver import bundle, worker_options
+        from raypfl.runtime.placement import bundle, worker_options
 
         cfg = self.trial_config(params)
         assert cfg.runtime.num_workers is not None
@@ -233,7 +233,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool
     """Run (or continue) a sweep; returns a summary with the best trial and every trial's final metrics."""
     from ray import tune
 
-    from raypfl.runtime.driver import connect_ray
+    from raypfl.runtime.placement import connect_ray
 
     console = console or Console(stderr=True)
     sweep = Sweep(path, overrides)
@@ -338,16 +338,16 @@ def _run_config(sweep: Sweep) -> Any:
 
 
 def _check_fits(sweep: Sweep, console: Console) -> None:
-    """Refuse a sweep whose trial cannot fit the cluster at all; say how many fit at once."""
+    """Refuse a sweep whose trial cannot fit the cluster at all; say how many fit at once (placed as Ray places
+    the bundles of their placement groups, `raypfl.runtime.placement.trials_that_fit`)."""
     import ray
 
-    params = {k: d.example() for k, d in sweep.search_space.items()}
-    need: dict[str, float] = {}
-    for b in sweep.bundles(params):
-        for k, v in b.items():
-            need[k] = need.get(k, 0.0) + v
+    from raypfl.runtime.placement import node_resources, reserved, trials_that_fit
+
+    bundles = sweep.bundles({k: d.example() for k, d in sweep.search_space.items()})
+    need = reserved(bundles)
     have = ray.cluster_resources()
-    fits = min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    fits = trials_that_fit(bundles, node_resources())
     if fits == 0:
         raise UserError(f"one trial needs {need} but the cluster has "
                         f"{ {k: have.get(k, 0.0) for k in need} }: lower the per-class resources or add nodes")

@@ -158,7 +158,11 @@ def test_apply_mask():
     assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in weights.items()}
     assert all(not np.shares_memory(out[k], weights[k]) for k in weights)
     np.testing.assert_array_equal(weights["w"], f32(1, -2, 3))
-    assert apply_mask(weights, None).keys() == weights.keys()
+    unmasked = apply_mask(weights, None)
+    assert unmasked.keys() == weights.keys()
+    for key, value in weights.items():  # an equal copy of every tensor
+        assert unmasked[key].dtype == value.dtype and not np.shares_memory(unmasked[key], value), key
+        np.testing.assert_array_equal(unmasked[key], value)
     with pytest.raises(ValueError, match="mask 'b'"):
         apply_mask(weights, {"b": np.ones(3, bool)})
 

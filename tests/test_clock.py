@@ -5,21 +5,23 @@ from raypfl.sim.clock import EventQueue, SharedUplink, download_seconds
 
 def test_events_pop_by_time_then_rank_then_insertion() -> None:
     q = EventQueue()
-    q.push(2.0, "b", 1)
-    q.push(1.0, "flush", -1, rank=2)
-    q.push(1.0, "upload", 3, rank=0)
-    q.push(1.0, "upload", 4, rank=0)
-    assert [(e.time, e.kind, e.client) for e in (q.pop(), q.pop(), q.pop(), q.pop())] == [
-        (1.0, "upload", 3), (1.0, "upload", 4), (1.0, "flush", -1), (2.0, "b", 1)]
+    q.push(2.0, "broadcast", round=1)
+    q.push(1.0, "flush", rank=2)
+    q.push(1.0, "upload", client=3)
+    q.push(1.0, "upload", client=4)
+    assert [(e.time, e.kind, e.client, e.round) for e in (q.pop(), q.pop(), q.pop(), q.pop())] == [
+        (1.0, "upload", 3, -1), (1.0, "upload", 4, -1), (1.0, "flush", -1, -1), (2.0, "broadcast", -1, 1)]
 
 
 def test_event_queue_snapshot_round_trip() -> None:
     q = EventQueue()
     for t in (3.0, 1.0, 2.0):
-        q.push(t, "upload", int(t))
+        q.push(t, "upload", client=int(t))
+    q.push(2.5, "broadcast", 1, round=7)
     r = EventQueue.restore(q.snapshot())
     r.push(1.5, "flush")
-    assert [r.pop().time for _ in range(4)] == [1.0, 1.5, 2.0, 3.0]
+    assert [(e.time, e.client, e.round) for e in (r.pop() for _ in range(5))] == [
+        (1.0, 1, -1), (1.5, -1, -1), (2.0, 2, -1), (2.5, -1, 7), (3.0, 3, -1)]
 
 
 def test_fifo_sharing_by_hand() -> None:

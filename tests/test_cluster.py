@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from raypfl.runtime.checkpoint import CHECKPOINT
+from tests.helpers import comparable, wait_until
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
@@ -154,15 +155,17 @@ def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster:
 
     submit("disturbed")
     deadline = time.monotonic() + 600
-    while not (tmp_path / "disturbed" / CHECKPOINT).is_file():  # a few evaluations in
-        assert time.monotonic() < deadline and "failed" not in status("disturbed").lower()
-        time.sleep(1)
+
+    def ended() -> str | None:
+        text = status("disturbed").lower()
+        return f"job disturbed ended ({text.strip()[-300:]})" if "failed" in text or "stopped" in text else None
+
+    # a few evaluations in
+    wait_until((tmp_path / "disturbed" / CHECKPOINT).is_file, deadline - time.monotonic(),
+               "the disturbed job's first checkpoint", interval=1, check=ended,
+               detail=lambda: f"{logs('disturbed')}\n{stacks()}")
     subprocess.run([str(SCRIPT), "kill-node", "1"], env=cluster, check=True, capture_output=True, timeout=60)
     wait("disturbed", deadline)
     hurt = json.loads((tmp_path / "disturbed" / "result.json").read_text())
-
-    def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
-
     assert comparable(hurt["history"]) == comparable(calm["history"])
     assert hurt["faults"] and len({w["node"] for w in hurt["workers"]}) == 1

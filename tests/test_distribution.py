@@ -80,7 +80,9 @@ def test_download_times_by_hand():
 def test_sparse_ims_egress_is_the_sum_of_increments():
     sizes = SizeModel("sparse", prunable_params=P, other_params=1024)
     plan = plan_broadcast(sizes, {0: 0.25, 1: 0.5, 2: 0.5}, dict.fromkeys(range(3), 1.0), 1.0, ims=True)
-    first, second = sizes.increment_megabytes(0.0, 0.25), sizes.increment_megabytes(0.25, 0.5)
+    # d = .25: 262144 values with a bitmap, 1048576 + 131072 = 1179648 B, + 4096 B of dense others in the first;
+    # .25 → .5: 262144 new values, again 1179648 B
+    first, second = (4096 + 1179648) / 2**20, 1179648 / 2**20
     assert plan.egress_mb == pytest.approx(first + second)
     assert plan.client_mb == pytest.approx({0: first, 1: first + second, 2: first + second})
 
@@ -95,8 +97,13 @@ def test_split_and_reconstruct_round_trip():
     assert [d for d, _, _ in increments] == densities
     assert {"bias", "steps"} <= increments[0][1].keys()
     assert all("bias" not in part and "steps" not in part for _, part, _ in increments[1:])
+    assert all(new.keys() == {"conv", "fc"} for _, _, new in increments)
     for (_, _, m1), (_, _, m2) in itertools.combinations(increments, 2):
         assert not any((m1[k] & m2[k]).any() for k in m1)  # disjoint
+    held = [sum(int(m.sum()) for m in masks[d].values()) for d in densities]  # of 36 + 60 = 96 prunable weights
+    assert held[-1] == 96
+    assert [sum(int(m.sum()) for m in new.values()) for _, _, new in increments] == [
+        held[0], *(b - a for a, b in itertools.pairwise(held))]  # each holds what its density adds
     for d in densities:
         got, mask = reconstruct(increments, d)
         want = apply_mask(weights, masks[d])

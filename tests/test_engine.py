@@ -13,7 +13,10 @@ from raypfl.config import Config, load_config
 from raypfl.fl.server import Server
 from raypfl.runtime.checkpoint import CHECKPOINT, save_checkpoint
 from raypfl.runtime.driver import prepare, run_experiment
-from raypfl.runtime.training import ClientTrainer, InProcessTrainer, describe_model
+from raypfl.runtime.facts import describe_model
+from raypfl.runtime.training import ClientTrainer
+from tests.helpers import comparable
+from tests.inprocess import InProcessTrainer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -26,10 +29,6 @@ def small_config(tracking_uri: str, *extra: str) -> Config:
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
     return run_experiment(cfg, output=out, console=Console(quiet=True))
-
-
-def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex",

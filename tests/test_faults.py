@@ -1,12 +1,13 @@
 """Failures: client actors and the aggregator killed mid-run leave the history unchanged; Ctrl+C and SIGTERM
 checkpoint and stop; a finished run does not resume; bad inputs stop before anything is created."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,12 @@ from rich.console import Console
 from raypfl.config import Config, load_config
 from raypfl.runtime.checkpoint import CHECKPOINT
 from raypfl.runtime.driver import run_experiment
+from tests.helpers import call_with_deadline, comparable, wait_until
 
 ROOT = Path(__file__).parent.parent
 # digits, FedGMR (restorations on the way), two client actors: a run of about 20 evaluations
 CHAOS = ["clients.num_clients=6", "budget.virtual_time_s=120", "budget.eval_every=4", "experiment.seed=5",
          "tracking.enabled=false", "algorithm.name=fedgmr", "algorithm.recovery.patience=1", "runtime.num_workers=2"]
-
-
-def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
 
 
 def ray_processes(name: str) -> list[psutil.Process]:
@@ -130,8 +128,12 @@ def test_a_job_that_can_never_run_stops_the_run_instead_of_looping() -> None:
     trainer.publish(0, {"w": np.zeros(3, np.float32)})
     trainer.submit([TrainJob(client=7, version=0, cycle=0, mask=None, lr=0.1, local_steps=1)])
     with pytest.raises(WorkersLost, match="a train task failed 4 times, last with NotLoaded: never"):
-        trainer.collect([7])  # (1 + max_restarts) x 2 actors attempts, then it gives up
+        # (1 + max_restarts) x 2 actors attempts, then it gives up; a trainer that loops instead fails the test
+        call_with_deadline(lambda: trainer.collect([7]), 120, "collecting a job that can never run")
     assert len(trainer.faults) == 4
+
+
+Cli = Callable[..., subprocess.Popen[str]]
 
 
 def latest_ray_session() -> str | None:
@@ -139,21 +141,56 @@ def latest_ray_session() -> str | None:
     return os.path.realpath(link) if link.exists() else None
 
 
-def cli(*argv: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "raypfl", *argv], cwd=cwd, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process below it (a run's tracker, its Ray instance)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:  # gone meanwhile
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(tree, timeout=30)
+
+
+@pytest.fixture()
+def cli() -> Iterator[Cli]:
+    """Start `python -m raypfl ...`; whatever is still running when the test ends (a test that failed half-way, a
+    process that did not stop in time) is killed with everything it started, so that no run, nor its Ray instance,
+    outlives the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "raypfl", *argv], cwd=cwd, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=30)
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    def exited() -> str | None:
+        if proc.poll() is None:
+            return None
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # processes it started hold its output open
+            out, err = "", "(no output: processes it started still hold it open)"
+        return f"`raypfl run` exited with {proc.returncode} ({out[-2000:]}{err[-3000:]})"
+
+    wait_until(path.exists, timeout, str(path), check=exited)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_checkpoints_is_marked_killed_and_resumes(sig: int, code: int, tmp_path: Path) -> None:
+def test_an_interrupted_run_checkpoints_is_marked_killed_and_resumes(sig: int, code: int, tmp_path: Path,
+                                                                      cli: Cli) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -191,7 +228,8 @@ def test_an_interrupted_run_checkpoints_is_marked_killed_and_resumes(sig: int, c
     (["--set", "data.dataset=fashion_mnist", "--set", "data.data_dir=/nonexistent"], "does not exist"),
     (["BINARY"], "is not text"),
 ])
-def test_bad_inputs_stop_before_anything_is_created(argv: list[str], fragment: str, tmp_path: Path) -> None:
+def test_bad_inputs_stop_before_anything_is_created(argv: list[str], fragment: str, tmp_path: Path,
+                                                    cli: Cli) -> None:
     if argv == ["BINARY"]:
         binary = tmp_path / "config.yaml"
         binary.write_bytes(bytes(range(256)) * 4)
@@ -207,7 +245,7 @@ def test_bad_inputs_stop_before_anything_is_created(argv: list[str], fragment: s
     assert latest_ray_session() == session  # no Ray instance was started
 
 
-def test_inside_a_ray_job_relative_outputs_are_refused(tmp_path: Path) -> None:
+def test_inside_a_ray_job_relative_outputs_are_refused(tmp_path: Path, cli: Cli) -> None:
     job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}})}
     proc = cli("run", "--set", "budget.virtual_time_s=10", cwd=tmp_path, env=job)
     _, err = proc.communicate(timeout=120)

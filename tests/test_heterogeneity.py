@@ -87,7 +87,7 @@ def test_workers_split_over_classes(workers: int, served: list[list[int]], clien
 def test_placement_pins_a_class_to_its_node_pool_and_refuses_shared_actors() -> None:
     from raypfl.config import load_config
     from raypfl.errors import UserError
-    from raypfl.runtime.driver import bundle, worker_options
+    from raypfl.runtime.placement import bundle, worker_options
     from raypfl.sim.heterogeneity import PIN_SHARE
 
     cfg = load_config(overrides=["clients.placement={d1: pool_gpu, d0.05: pool_cpu}"])
@@ -121,7 +121,7 @@ def test_a_job_any_actor_may_run_goes_to_the_narrower_one_leaving_the_broad_one_
     actors = [ray.remote(_Recorder).options(num_cpus=0).remote(w) for w in range(2)]
     trainer = ActorPoolTrainer(actors, [[0], [0, 1]], lambda client: client, 8, 8)
     trainer.publish(0, {"w": np.zeros(3, np.float32)})
-    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, due=due)
+    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, needed_at=due)
                     for c, due in ((1, 0.0), (0, 1.0))])  # the weak client's job is due first
     assert trainer.collect([0, 1]) == {0: 0, 1: 1}
 
@@ -153,7 +153,7 @@ def test_a_run_with_more_gpu_shares_than_gpus_stops_with_advice_and_the_default_
     # Ray would keep the actors that do not fit pending for ever, without a word
     from raypfl.config import load_config
     from raypfl.errors import UserError
-    from raypfl.runtime.driver import _most_workers, check_schedulable, default_num_workers, worker_options
+    from raypfl.runtime.placement import _most_workers, check_schedulable, default_num_workers, worker_options
 
     classes = [{"name": f"c{k}", "density": 1.0, "count": 1, "download_mbps": 1.0, "upload_mbps": 1.0,
                 "resources": {"GPU": 0.6}} for k in range(6)]

@@ -25,7 +25,7 @@ def test_the_session_instance_runs_without_the_unused_services() -> None:
         def echo(self, value: int) -> int:
             return value
 
-    assert ray.get(Echo.remote().echo.remote(7)) == 7
+    assert ray.get(Echo.remote().echo.remote(7), timeout=120) == 7
     assert ray.cluster_resources()["GPU"] == 4
 
 

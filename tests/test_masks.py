@@ -28,7 +28,7 @@ def test_floor_then_global_ranking_by_hand(tiny):
     # round(0.5·10) = 5 → + b3 (.6), a2 (.5)
     np.testing.assert_array_equal(masks[0.5]["a"], b([1, 0, 1], [0, 1, 0]))
     np.testing.assert_array_equal(masks[0.5]["b"], b(0, 1, 0, 1))
-    assert all(m.all() for m in masks[1.0].values())
+    assert masks[1.0].keys() == {"a", "b"} and all(m.all() for m in masks[1.0].values())
     assert "bias" not in masks[0.3]
 
 

@@ -64,10 +64,13 @@ def test_at_most_k_clients_train_at_once(algorithm: dict) -> None:
     trainer = FakeTrainer()
     server = make_server(population_config(algorithm, concurrency=4), trainer)
     peak = 0
-    while not server.done:
+    for _ in range(10_000):  # a bound, so that a server that never finishes fails instead of hanging
+        if server.done:
+            break
         server.run_until_eval()
         peak = max(peak, server.in_flight())
         assert len(server.state.busy) <= 4
+    assert server.done, "the server had not finished after 10,000 evaluations"
     summary = server.participation_summary()
     assert peak <= 4 and summary["weak"]["participants"] > 4  # slots moved on through the population
     assert sum(row["updates"] for row in summary.values()) == server.state.updates

@@ -10,6 +10,7 @@ from raypfl.config import load_config
 from raypfl.errors import Terminated
 from raypfl.runtime.checkpoint import CHECKPOINT
 from raypfl.runtime.driver import run_experiment
+from tests.helpers import call_with_deadline, comparable, wait_until
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -20,10 +21,6 @@ POPULATION = ["clients.num_clients=40", "clients.concurrency=6", "budget.virtual
 def run(out: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
     return run_experiment(load_config(overrides=[*POPULATION, *overrides]), output=out, console=Console(quiet=True),
                           **kwargs)
-
-
-def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history]
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedasync", "fedgmr", "heterofl"])
@@ -97,12 +94,13 @@ def test_actors_work_ahead_of_the_aggregator_by_at_most_runahead_results() -> No
     actor = ray.remote(_Ledger).options(num_cpus=0).remote()
     trainer = ActorPoolTrainer([actor], [[0]], lambda client: 0, 8, 8, depth=1, runahead=2)
     trainer.publish(0, {"w": np.zeros(3, np.float32)})
-    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, due=float(c))
+    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, needed_at=float(c))
                     for c in range(6)])
-    while not trainer.ready(0):  # asks for client 0's result (due 0): job 1 starts while that one result waits
-        pass
-    while not trainer.ready(1):  # job 1's result makes two waiting: job 2, due later than any asked for, waits
-        pass
-    assert ray.get(actor.ran.remote()) == [0, 1]
-    assert trainer.collect(list(range(6))) == {c: c for c in range(6)}  # asked for: every job runs
-    assert ray.get(actor.ran.remote()) == list(range(6))
+    # asks for client 0's result (due 0): job 1 starts while that one result waits
+    wait_until(lambda: trainer.ready(0), 120, "client 0's result", interval=0.01)
+    # job 1's result makes two waiting: job 2, due later than any asked for, waits
+    wait_until(lambda: trainer.ready(1), 120, "client 1's result", interval=0.01)
+    assert ray.get(actor.ran.remote(), timeout=60) == [0, 1]
+    collected = call_with_deadline(lambda: trainer.collect(list(range(6))), 120, "collecting the six results")
+    assert collected == {c: c for c in range(6)}  # asked for: every job runs
+    assert ray.get(actor.ran.remote(), timeout=60) == list(range(6))

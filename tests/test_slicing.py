@@ -4,12 +4,12 @@ import torch
 from torch import nn
 
 from raypfl.config import TrainingConfig, WidthConfig
-from raypfl.fl.aggregation import ClientUpdate, aggregate, expand
+from raypfl.fl.aggregation import ClientUpdate, aggregate
 from raypfl.fl.distribution import WidthSizeModel
 from raypfl.fl.jobs import ModelSpec, TrainJob
-from raypfl.fl.slicing import Axis, embed, extract, indices_from_mask, od_widths, width
-from raypfl.fl.submodels import WidthSubModels
+from raypfl.fl.submodels import WidthSubModels, od_widths
 from raypfl.models import build_model, count_parameters
+from raypfl.models.slicing import Axis, embed, extract, indices_from_mask, width
 from raypfl.models.width import OrderedDropout, narrow_model, width_plan
 from raypfl.runtime.training import ClientTrainer, to_numpy
 from raypfl.sim.clock import MB
@@ -67,6 +67,8 @@ def test_fedrolex_moves_its_window_at_each_rebuild_heterofl_does_not():
     assert rolling.offsets == {1: 3}
     copy = WidthSubModels(WidthConfig(kind="rolling"), plan)
     copy.restore(rolling.snapshot())
+    # the output layer's inputs are the hidden units {3, 0}: columns 0 and 3 of its 2 × 4 weight
+    assert copy.mask(1, 0.25)["2.weight"].tolist() == [[True, False, False, True]] * 2
     assert np.array_equal(copy.mask(1, 0.25)["2.weight"], rolling.mask(1, 0.25)["2.weight"])
 
 
@@ -94,6 +96,7 @@ def test_extract_embed_round_trip():
     weights = to_numpy(model)
     mask = plan.mask(0.25, offset=7)
     index = indices_from_mask(mask)
+    assert index.keys() == mask.keys() == plan.indices(0.25, 7).keys()
     assert all(np.array_equal(a, b) for k in index for a, b in zip(index[k], plan.indices(0.25, 7)[k], strict=True))
     narrow = extract(weights, index)
     back = embed(narrow, index, weights)
@@ -172,12 +175,26 @@ def test_sliced_training_writes_only_inside_its_window_and_trains_a_narrow_netwo
     weights = to_numpy(spec.build())
     plan = width_plan(spec.build())
     mask = plan.mask(0.25, offset=3)
+    # lr 0: the narrow tensors come back unchanged, and they are exactly the mask's held values, in C order
+    still = trainer.train(TrainJob(0, 0, 0, mask, 0.0, 3, sliced=True), weights)
+    for key, keep in mask.items():
+        assert np.array_equal(still.weights[key], weights[key][keep]), key
+    # The narrow network computes what the full one does with every weight outside the window at 0 (and their
+    # gradients masked): trained as a masked job on the full model, the held values come out the same up to
+    # float rounding.
+    masked = trainer.train(TrainJob(0, 0, 0, mask, 0.1, 3), weights)
+    results = {}
     for widths in ((), (0.05, 0.1, 0.2)):  # HeteroFL / FedRolex, then FjORD's ordered dropout
-        result = trainer.train(TrainJob(0, 0, 0, mask, 0.1, 3, sliced=True, od_widths=widths), weights)
-        assert result.mask is mask and result.n_samples == 30
-        full = expand(result.weights, mask, weights)  # the narrow tensors are the mask's held values, in C order
+        result = results[widths] = trainer.train(TrainJob(0, 0, 0, mask, 0.1, 3, sliced=True, od_widths=widths),
+                                                 weights)
+        assert result.mask is mask and result.n_samples == 30 and result.weights.keys() == weights.keys()
         for key, keep in mask.items():
-            assert result.weights[key].shape == (int(keep.sum()),), key
-            assert (full[key][~keep] == 0).all(), key
-        assert not np.allclose(full["features.0.weight"][mask["features.0.weight"]],
-                               weights["features.0.weight"][mask["features.0.weight"]])
+            assert result.weights[key].shape == (int(keep.sum()),), key  # compact: the held values only
+        assert not np.allclose(result.weights["features.0.weight"], still.weights["features.0.weight"])
+    for key in weights:
+        np.testing.assert_allclose(results[()].weights[key], masked.weights[key], rtol=0,
+                                   atol=1e-5 * float(np.abs(masked.weights[key]).max()), err_msg=key)
+    assert results[()].loss == pytest.approx(masked.loss, rel=1e-6)
+    # ordered dropout trained narrower networks still: not the plain narrow network's weights
+    assert not np.allclose(results[(0.05, 0.1, 0.2)].weights["classifier.0.weight"],
+                           results[()].weights["classifier.0.weight"])

@@ -92,3 +92,25 @@ def test_ledger_snapshot_restore():
         assert restored.coefficients() == ledger.coefficients()
     snap[1] = 0.1  # the snapshot is a copy
     assert ledger.snapshot() == {1: 1.0, 3: 0.5}
+
+
+def test_weigh_hand_computed() -> None:
+    # Round 4, poly a = 1. Arrivals: client 2 (version 4, missed 0: s = 1, 10 samples) and client 0 (version 2,
+    # missed 2: s = 1/3, 30 samples). The ledger already holds client 1 at s = 0.5. Σ s = 1 + 1/3 + 1/2 = 11/6:
+    # c_0 = 2/11, c_2 = 6/11; λ_0 = 60/11, λ_2 = 60/11; α = c_0 + c_2 = 8/11.
+    import numpy as np
+
+    from raypfl.fl.staleness import weigh
+    from raypfl.fl.state import CachedUpdate
+
+    ledger = StalenessLedger()
+    ledger.record(1, 0.5)
+    w = {"w": np.zeros(1, dtype=np.float32)}
+    scope = {2: CachedUpdate(4, w, None, 10), 0: CachedUpdate(2, w, None, 30)}
+    updates, mix = weigh(scope, [0, 2], 4, Staleness("poly", a=1.0), ledger, mixing=None)
+    assert [u.client for u in updates] == [0, 2]
+    assert [u.weight for u in updates] == pytest.approx([60 / 11, 60 / 11])
+    assert mix == pytest.approx(8 / 11)
+    # FedAsync's mixing α_0 = 0.6 times the arrivals' sample-weighted factor: 0.6 (10·1 + 30/3) / 40 = 0.3
+    _, mix = weigh(scope, [0, 2], 4, Staleness("poly", a=1.0), StalenessLedger(), mixing=0.6)
+    assert mix == pytest.approx(0.3)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,9 @@ import yaml
 
 from raypfl.cli import main
 from raypfl.errors import UserError
+from raypfl.runtime.checkpoint import CHECKPOINT
 from raypfl.tune import Sweep
+from tests.helpers import wait_until
 
 TINY_BASE = {"clients": {"num_clients": 4}, "budget": {"virtual_time_s": 50, "eval_every": 4}}
 
@@ -158,12 +159,17 @@ def test_interrupted_sweep_resumes_with_every_trial_exactly_once(tmp_path: Path,
     trials = tmp_path / "runs" / "sweeps" / "resumable" / "trials"
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
+    def second_under_way() -> bool:  # a trial finished, and the next one has saved a checkpoint to resume from
+        runs = [run for run in trials.glob("*") if run.is_dir()]
+        return any((run / "result.json").is_file() for run in runs) and \
+            any((run / CHECKPOINT).is_file() and not (run / "result.json").is_file() for run in runs)
+
+    def exited() -> str | None:
+        return None if process.poll() is None else f"`raypfl sweep` exited with {process.returncode}"
+
     try:
-        deadline = time.monotonic() + 240
-        while not list(trials.glob("*/result.json")) and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.5)
-        assert list(trials.glob("*/result.json")), "no trial finished before the deadline"
-        time.sleep(3)  # the second trial is under way
+        wait_until(second_under_way, 300, "a finished trial and a checkpoint of the next one", interval=0.5,
+                   check=exited)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
     finally:

@@ -1,5 +1,7 @@
 """MLflow logging from its child process (`raypfl.tracking.TrackerProcess`), and the run's start time."""
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,7 +67,10 @@ def test_a_tracker_never_opened_stops_at_once_and_writes_nothing(tmp_path: Path)
     tracker = TrackerProcess(load_config(overrides=[f"tracking.uri={uri}"]), "never")
     started = time.monotonic()
     tracker.finish("FAILED")  # a run that failed before opening in MLflow (Ray unreachable, say)
-    assert time.monotonic() - started < 5 and tracker.run_id is None
+    # Killed at once rather than waited for: a child left to finish its MLflow imports (~2.5 CPU s, far more on a
+    # loaded machine) exits by itself, with 0, when its input ends. The time bound only guards against a hang.
+    assert tracker._child.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 30 and tracker.run_id is None
     assert list(tmp_path.iterdir()) == []
 
 
@@ -79,10 +84,15 @@ def test_a_bad_tracking_uri_stops_the_run_and_leaves_no_run_directory(ray_sessio
 
 
 def test_start_up_is_measured_from_the_process_start() -> None:
+    # The process starts after `before` (taken here just before it is created) and before its first statement
+    # (`now`), however long a loaded machine takes in between; /proc counts in clock ticks (10 ms), the start is
+    # rounded down to one. /proc/stat's whole-second boot time made it up to 1 s off either way.
     code = ("import time; now = time.time()\n"
             "from raypfl.runtime.driver import _process_start\n"
-            "print(now - _process_start())")
-    ages = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-            for _ in range(3)]
-    # the interpreter's own start before `now`, in ticks of 10 ms; /proc/stat's whole-second boot time was up to 1 s off
-    assert all(-0.05 < age < 0.5 for age in ages), ages
+            "print(now, _process_start())")
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    for _ in range(3):
+        before = time.time()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+        now, start = map(float, out.stdout.split())
+        assert before - tick - 0.005 <= start <= now + 0.005, (before - start, now - start)

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from raypfl.fl.jobs import Mask, Weights
-from raypfl.fl.slicing import WidthPlan
+from raypfl.models.slicing import WidthPlan
 from raypfl.sim.clock import MB
 
 

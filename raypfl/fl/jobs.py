@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from raypfl.models.arrays import Mask, Weights
+
 if TYPE_CHECKING:
     from torch import nn
 
-Weights = dict[str, np.ndarray]
-Mask = dict[str, np.ndarray]
+__all__ = ["Mask", "MaskKey", "ModelSpec", "TrainJob", "TrainResult", "Trainer", "Weights"]
+
 MaskKey = tuple[int, float]  # (mask generation, density): jobs with the same key share one mask
 
 
@@ -47,7 +49,7 @@ class TrainJob:
     od_widths: tuple[float, ...] = ()  # FjORD's ordered dropout: the width p of each local step, cycled
     mask_key: MaskKey | None = None
     score_samples: int | None = None  # also score the trained model on this many test samples (GMR's client trigger)
-    due: float = 0.0  # virtual time its result may first be aggregated: trainers run the earliest-due jobs first
+    needed_at: float = 0.0  # virtual time its result may first be aggregated: trainers run these first
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,12 @@ done so far and v the version of the model the client trained on; the spec's τ 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
+
+from raypfl.fl.aggregation import ClientUpdate
+from raypfl.fl.state import CachedUpdate
 
 StalenessKind = Literal["constant", "poly", "hinge"]
 
@@ -67,3 +70,22 @@ class StalenessLedger:
         for client, s in data.items():
             ledger.record(int(client), float(s))
         return ledger
+
+
+def weigh(scope: Mapping[int, CachedUpdate], arrived: Sequence[int], round_: int, staleness: Staleness,
+          ledger: StalenessLedger, mixing: float | None) -> tuple[list[ClientUpdate], float]:
+    """The updates to aggregate with their weights λ_i = c_i · n_i, and the mixing share of spec B.4-2.
+
+    `scope` is what is aggregated (the arrivals, or PR-FL's cache of every client's latest upload), `arrived` the
+    clients of this flush in id order. Every scoped client's factor is recorded now (staleness recomputed at each
+    aggregation, spec H.3). The share is α = Σ c_i over the arrivals, or with FedAsync's `mixing` α_0, α_0 times
+    the arrivals' sample-weighted mean factor."""
+    factors = {c: staleness(round_ - u.version) for c, u in scope.items()}
+    for c, s in factors.items():
+        ledger.record(c, s)
+    coeff = ledger.coefficients(scope)
+    updates = [ClientUpdate(c, u.weights, u.mask, coeff[c] * u.n_samples) for c, u in sorted(scope.items())]
+    if mixing is None:
+        return updates, min(1.0, sum(coeff[c] for c in arrived))
+    n = sum(scope[c].n_samples for c in arrived)
+    return updates, mixing * sum(factors[c] * scope[c].n_samples for c in arrived) / n

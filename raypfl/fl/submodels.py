@@ -14,7 +14,7 @@ from raypfl.config import PruningConfig, WidthConfig
 from raypfl.fl.distribution import Sizes
 from raypfl.fl.jobs import Mask, Weights
 from raypfl.fl.masks import GradImportance, build_nested_masks, importance, layer_costs, pack_mask, unpack_mask
-from raypfl.fl.slicing import WidthPlan, od_widths
+from raypfl.models.slicing import WidthPlan
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class ModelDescription:
     weights: Weights
     sizes: Sizes
     facts: ModelFacts
+
+
+def od_widths(ladder: list[float], p_max: float) -> list[float]:
+    """The widths a FjORD client cycles through, one per local step: the ladder values up to its own."""
+    return [p for p in sorted(ladder) if p <= p_max + 1e-9] or [p_max]
 
 
 def make_submodels(pruning: PruningConfig, width: WidthConfig, facts: ModelFacts,

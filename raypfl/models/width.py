@@ -1,5 +1,5 @@
 """Width-sliced networks in PyTorch (spec F): read a model's `WidthPlan`, build the genuinely narrow network of a
-sub-model, and FjORD's ordered dropout. The plan itself and the index arithmetic are in `raypfl.fl.slicing`.
+sub-model, and FjORD's ordered dropout. The plan itself and the index arithmetic are in `raypfl.models.slicing`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from raypfl.fl.jobs import Weights
-from raypfl.fl.slicing import Axis, WidthPlan, width
+from raypfl.models.arrays import Weights
+from raypfl.models.slicing import Axis, WidthPlan, width
 
 
 def width_plan(model: nn.Module) -> WidthPlan:

@@ -64,7 +64,7 @@ class AggregatorActor:
     def summary(self) -> dict[str, Any]:
         return {"clients": self.server.client_summary(), "participation": self.server.participation_summary(),
                 "density_changes": self.server.density_log, "faults": self.trainer.faults,
-                "round_s_median": self.server.round_seconds()}
+                "round_s_median": self.server.wall.round_seconds()}
 
     def faults(self) -> list[dict[str, Any]]:
         return self.trainer.faults

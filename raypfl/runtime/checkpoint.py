@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from raypfl.errors import UserError
+from raypfl.fl.snapshot import check_format
 
 CHECKPOINT = Path("checkpoints") / "latest.npz"  # inside a run directory
 _ARRAY = "__array__"
@@ -60,6 +61,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as archive, zipfile.ZipFile(path) as raw:
             tree = json.loads(raw.read(_TREE))
             arrays = {name: archive[name] for name in archive.files if name != _TREE}
-        return _join(tree, arrays)
+        snapshot = _join(tree, arrays)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
+    check_format(snapshot)
+    return snapshot

@@ -54,9 +54,9 @@ class ClientActor:
         return self.trainer
 
     def describe_model(self, config: dict[str, Any], spec: ModelSpec) -> Any:
-        """The initial model and its facts (`raypfl.runtime.training.describe_model`), built here so that the
+        """The initial model and its facts (`raypfl.runtime.facts.describe_model`), built here so that the
         driver need not import PyTorch. It needs nothing loaded: a restarted actor answers it too."""
-        from raypfl.runtime.training import describe_model
+        from raypfl.runtime.facts import describe_model
 
         return describe_model(Config.model_validate(config), spec)
 

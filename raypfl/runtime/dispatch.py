@@ -1,12 +1,12 @@
 """The aggregator's `Trainer` on Ray: jobs and evaluations dispatched to the client actors.
 
-It holds every model version once in the object store, runs the earliest-due jobs first with a few jobs queued
-per actor, fetches each result when it is done, and runs a job again when the actor that had it dies (design
-principle 8): a job is a pure function of (job, data, config), so the history does not change. The actors work
-ahead of the aggregator, but only so far: a finished result waits in the object store until the aggregator takes
-it, so beyond the jobs the aggregator has asked for at most `runahead` results wait (unbounded, FedAsync with 100
-clients in flight had ~50 waiting: 1.3 GB). A job is due when its result can first be aggregated (`TrainJob.due`):
-every job due before one the aggregator asks for runs too. No PyTorch here: the aggregator's process stays light.
+It holds every model version once in the object store, runs the jobs needed first with a few jobs queued per
+actor, fetches each result when it is done, and runs a job again when the actor that had it dies (design
+principle 8): a job is a pure function of (job, data, config), so the history does not change. A job is needed
+when its result can first be aggregated (`TrainJob.needed_at`). The actors work ahead of the aggregator, but only
+so far: a finished result waits in the object store until the aggregator takes it, so beyond the jobs needed no
+later than those the aggregator has asked for, at most `runahead` results wait. No PyTorch here: the aggregator's
+process stays light.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class WorkersLost(RuntimeError):
 
 @dataclass(order=True)
 class _Queued:
-    due: float
+    needed_at: float
     seq: int
     job: TrainJob = field(compare=False)
     attempt: int = field(default=0, compare=False)
@@ -53,7 +53,7 @@ class _Task:
 
 class ActorPoolTrainer:
     """The server's Trainer on Ray. A job of class k runs on any live actor whose request covers k's
-    (`eligible[k]`); each actor gets at most `depth` jobs at a time, the earliest-due first, and a job due later
+    (`eligible[k]`); each actor gets at most `depth` jobs at a time, those needed first, and a job needed later
     than every result asked for so far starts only while fewer than `runahead` (default 2 · depth per actor)
     finished results wait to be collected."""
 
@@ -71,7 +71,7 @@ class ActorPoolTrainer:
         self.test_size = test_size
         self.depth = depth
         self.runahead = 2 * depth * len(actors) if runahead is None else runahead
-        self._horizon = float("-inf")  # the latest due time of a result asked for (by `ready` or `collect`)
+        self._horizon = float("-inf")  # the latest `needed_at` of a result asked for (by `ready` or `collect`)
         self.reload = reload  # loads a restarted actor (which comes back empty) again
         # Every actor dying as often as Ray restarts it, each time with this task: more means the task itself
         # cannot run (e.g. an argument's object is gone), and running it again would loop for ever.
@@ -118,7 +118,7 @@ class ActorPoolTrainer:
         for job in jobs:
             self._jobs[job.client] = job
             self._uses[job.version] = self._uses.get(job.version, 0) + 1
-            heapq.heappush(self._queue, _Queued(job.due, next(self._seq), job))
+            heapq.heappush(self._queue, _Queued(job.needed_at, next(self._seq), job))
         self._pump()
 
     def ready(self, client: int) -> bool:
@@ -139,8 +139,8 @@ class ActorPoolTrainer:
         return out
 
     def _ask(self, clients: list[int]) -> None:
-        """The aggregator needs these clients' results: every job due no later than theirs may start."""
-        self._horizon = max([self._horizon, *(self._jobs[c].due for c in clients)])
+        """The aggregator needs these clients' results: every job needed no later than theirs may start."""
+        self._horizon = max([self._horizon, *(self._jobs[c].needed_at for c in clients)])
 
     def _mask_ref(self, key: MaskKey | None, mask: Mask | None) -> Any:
         if mask is None:
@@ -154,12 +154,12 @@ class ActorPoolTrainer:
         return self._masks[key]
 
     def _pump(self) -> None:
-        """Give the earliest-due queued jobs to live actors with room, each to its least loaded eligible actor (of
+        """Give the queued jobs needed first to live actors with room, each to its least loaded eligible actor (of
         those, the one that may train the fewest classes)."""
         skipped = []
         while self._queue and any(self._has_room(w) for w in range(len(self.actors))):
-            if self._queue[0].due > self._horizon and len(self._results) >= self.runahead:
-                break  # far enough ahead: every later-due job waits too
+            if self._queue[0].needed_at > self._horizon and len(self._results) >= self.runahead:
+                break  # far enough ahead: every job needed later waits too
             item = heapq.heappop(self._queue)
             workers = [w for w in self.eligible[self.client_class(item.job.client)] if self._has_room(w)]
             if not workers:
@@ -242,7 +242,7 @@ class ActorPoolTrainer:
             self._start(self.actors[worker].info.remote(), _Task("ping", worker))
         if task.kind == "train":
             assert task.job is not None
-            heapq.heappush(self._queue, _Queued(task.job.due, next(self._seq), task.job, task.attempt + 1))
+            heapq.heappush(self._queue, _Queued(task.job.needed_at, next(self._seq), task.job, task.attempt + 1))
         else:
             assert task.split is not None
             self._start_eval(*task.split, attempt=task.attempt + 1)

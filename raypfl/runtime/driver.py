@@ -1,16 +1,16 @@
-"""`run_experiment`: load data, start the client pool and the aggregator on Ray, log, write the run directory.
+"""`run_experiment`: one run's life cycle, from checking its inputs to the summary it prints.
 
-Inputs are checked before anything is started (config, data, run directory); then Ray starts while PyTorch and
-the model load in a thread (`raypfl.runtime.pool`), and MLflow opens its run in another. The driver keeps the
-newest aggregator snapshot (taken at every evaluation) and owns the model versions it needs: when the
-aggregator dies, a new one continues from it and the history does not change (design principle 8). Ctrl+C,
-SIGTERM and a run that cannot go on write that snapshot as a checkpoint first.
+Inputs are checked before anything is started (config, data, run directory, where a Ray job may write); then Ray
+starts and the client actors are sized and placed (`raypfl.runtime.placement`) while PyTorch and the model load in
+a thread (`raypfl.runtime.pool`), and MLflow opens its run in another. The driver keeps the newest aggregator
+snapshot (taken at every evaluation) and owns the model versions it needs: when the aggregator dies, a new one
+continues from it and the history does not change (design principle 8). Ctrl+C, SIGTERM and a run that cannot go
+on write that snapshot as a checkpoint first. `raypfl.results` writes what a finished run leaves behind.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -29,18 +29,11 @@ from raypfl.config import Config, load_config, to_yaml
 from raypfl.data import partition
 from raypfl.data.datasets import Reader, locate_dataset
 from raypfl.errors import RunFailed, Terminated, UserError
-from raypfl.report import plot_curves, reported_accuracy, summary_table, time_to_accuracy, write_history_csv, write_json
+from raypfl.report import summary_table
+from raypfl.results import build_result, write_outputs
 from raypfl.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from raypfl.runtime.local_ray import start_local_ray
-from raypfl.sim.heterogeneity import (
-    assign_workers,
-    client_classes,
-    covers,
-    fits,
-    merged_options,
-    resource_amounts,
-)
-from raypfl.tracking import DEFAULT_URI, TrackerProcess, heterogeneity_tag, tracking_uri
+from raypfl.runtime.placement import check_schedulable, connect_ray, default_num_workers, worker_options
+from raypfl.tracking import DEFAULT_URI, TrackerProcess
 
 if TYPE_CHECKING:  # PyTorch-bound: imported when a run starts, while Ray starts
     from raypfl.runtime.pool import Experiment, Pilot
@@ -76,119 +69,6 @@ def read_inputs(cfg: Config, reader: Reader) -> Experiment:
 def prepare(cfg: Config) -> Experiment:
     """Everything a run derives from its config and data before Ray is involved."""
     return read_inputs(cfg, check_inputs(cfg))
-
-
-def connect_ray(cfg: Config) -> bool:
-    """Join the cluster in RAY_ADDRESS, or start a local one; True when this call started Ray."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    try:
-        if address:
-            # every process of the job resolves the MLflow URI the same way (platform notes: MLflow on several
-            # nodes), unless a submitted job already sets it (Ray refuses two values for one variable)
-            job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
-            runtime_env = {} if "MLFLOW_TRACKING_URI" in (job_env.get("env_vars") or {}) else {
-                "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri(cfg)}}
-            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-        else:
-            # A private local instance: no token file (and no warning about it), no runtime environment, so that
-            # the client actors start in the worker processes Ray has already started
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            start_local_ray(num_gpus=_local_gpus(cfg), include_dashboard=False, dashboard_host="127.0.0.1",
-                            log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise UserError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None
-    return True
-
-
-def _local_gpus(cfg: Config) -> int:
-    """The machine's GPUs (nvidia-smi, without importing PyTorch), else `runtime.logical_gpus` logical ones."""
-    import shutil
-    import subprocess
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        count = len([d for d in visible.split(",") if d.strip()])
-        return count or cfg.runtime.logical_gpus
-    if shutil.which("nvidia-smi"):
-        with suppress(OSError, subprocess.SubprocessError):
-            listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-            count = sum(line.startswith("GPU ") for line in listing.splitlines())
-            if count:
-                return count
-    return cfg.runtime.logical_gpus
-
-
-def default_num_workers(cfg: Config) -> int:
-    """One client actor per CPU (at most one per client), fewer where the cluster cannot hold their requests at once
-    (GPU shares: five classes' shares on one GPU can add up to more than the GPU)."""
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return _most_workers(cfg, max(1, min(cfg.clients.num_clients, cpus)), _node_resources()) or 1
-
-
-def _node_resources() -> list[dict[str, float]]:
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-def _most_workers(cfg: Config, upto: int, nodes: list[dict[str, float]]) -> int | None:
-    """The most client actors, up to `upto`, whose requests the nodes can hold at once; None if not even one."""
-    for count in range(upto, 0, -1):
-        with suppress(UserError):  # this few actors would make pinned classes share one
-            options, _ = worker_options(cfg, count)
-            if fits([resource_amounts(o) for o in options], nodes):
-                return count
-    return None
-
-
-def worker_options(cfg: Config, num_workers: int) -> tuple[list[dict[str, Any]], list[list[int]]]:
-    """The Ray options of each client actor (the largest request of the classes it serves), and for each class
-    the actors that may train its clients: every actor whose request covers the class's."""
-    counts = client_classes(cfg.clients)
-    served, _ = assign_workers([n for _, n in counts], min(num_workers, cfg.clients.num_clients))
-    for classes in served:
-        pools = {cfg.clients.placement.get(counts[k][0].name) for k in classes}
-        if len(pools) > 1:
-            names = ", ".join(counts[k][0].name for k in classes)
-            raise UserError(f"with {len(served)} client actors, classes {names} share one but are pinned to different "
-                            f"node pools ({', '.join(sorted(str(p) for p in pools))}): set runtime.num_workers to at "
-                            f"least {len(counts)}, one per class")
-    options = [merged_options([counts[k][0] for k in classes]) for classes in served]
-    eligible = [[w for w, opts in enumerate(options) if covers(opts, klass.actor_options())] for klass, _ in counts]
-    return options, eligible
-
-
-def check_schedulable(cfg: Config, options: list[dict[str, Any]]) -> None:
-    """Actors whose requests the cluster cannot hold would wait forever (Ray keeps them pending without a word):
-    say which resource is missing, or how many actors fit, instead."""
-    nodes = _node_resources()
-    for opts in options:
-        need = {k: v for k, v in bundle(opts).items() if v > 0}
-        if not any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
-            offered = sorted({k for node in nodes for k in node if not k.startswith("node:")})
-            raise UserError(f"no node of the Ray cluster can host a client actor needing {need} "
-                            f"(the nodes offer {', '.join(offered)})")
-    requests = [resource_amounts(o) for o in options]
-    if not fits(requests, nodes):
-        totals = {k: round(sum(r.get(k, 0.0) for r in requests), 3) for k in sorted({k for r in requests for k in r})}
-        have = {k: round(sum(node.get(k, 0.0) for node in nodes), 3) for k in totals}
-        most = _most_workers(cfg, len(options) - 1, nodes)
-        advice = f"set runtime.num_workers to at most {most}" if most else "lower the classes' resource requests"
-        raise UserError(f"the cluster cannot hold the {len(options)} client actors at once (together they ask for "
-                        f"{totals}, each GPU share on one GPU; the cluster has {have}): {advice}")
-
-
-def bundle(options: dict[str, Any]) -> dict[str, float]:
-    """A placement-group bundle holding one actor's request (bundles may not be empty: a token CPU share then)."""
-    return resource_amounts(options) or {"CPU": 0.01}
 
 
 def _run_name(cfg: Config) -> str:
@@ -366,22 +246,13 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
         timing["simulated_at"] = time.time()
         summary = pilot.summary()
         infos = worker_info(actors)
-        result = _result(cfg, history, summary, run_dir, tracker)
+        result = build_result(cfg, history, summary, run_dir, tracker.run_id if tracker is not None else None)
         result["faults"] = pilot.faults()
         result["workers"] = describe_workers(exp, infos, eligible)
         steps = [i["first_step_at"] for i in infos if i.get("first_step_at")]
         result["timing"] = {**timing, "first_step_at": min(steps) if steps else None,
                             "round_s_median": summary["round_s_median"]}
-        write_json(run_dir / "result.json", result)
-        names = [k.name for k, _ in exp.class_counts]
-        write_history_csv(run_dir / "history.csv", history, exp.class_index, names)
-        plot_curves(run_dir / "curves.png", history, f"{cfg.algorithm.name} · {cfg.data.dataset} · "
-                    f"{heterogeneity_tag(cfg)} heterogeneity · seed {cfg.experiment.seed}",
-                    summary["density_changes"], (exp.class_index, names))
-        if tracker is not None:
-            tracker.log_summary(result)
-            tracker.log_artifacts([run_dir / n for n in ("result.json", "config.yaml", "curves.png",
-                                                         "history.csv")])
+        write_outputs(run_dir, result, exp.class_index, [k.name for k, _ in exp.class_counts], tracker)
         console.print(summary_table(result))
         console.print(f"run directory: {run_dir}", soft_wrap=True)  # a path stays whole, to copy
         status = "FINISHED"
@@ -466,34 +337,3 @@ def _drive(cfg: Config, pilot: Pilot, tracker: TrackerProcess | None, run_dir: P
                 on_eval(history, saved)
             if step["done"]:
                 return history
-
-
-def _result(cfg: Config, history: list[dict[str, Any]], summary: dict[str, Any], run_dir: Path,
-            tracker: TrackerProcess | None) -> dict[str, Any]:
-    last = history[-1]
-    reported = reported_accuracy(history, cfg.budget.report_window)
-    return {
-        "algorithm": cfg.algorithm.name,
-        "dataset": cfg.data.dataset,
-        "heterogeneity": heterogeneity_tag(cfg),
-        "seed": cfg.experiment.seed,
-        "final_accuracy": last["accuracy"],
-        "best_accuracy": max(r["accuracy"] for r in history),
-        "reported_accuracy": reported["mean"],
-        "reported_accuracy_std": reported["std"],
-        "reported_evaluations": reported["evaluations"],
-        "virtual_time_s": last["virtual_time_s"],
-        "wall_time_s": last["wall_time_s"],
-        "rounds": last["round"],
-        "client_updates": last["updates"],
-        "bytes_up": last["bytes_up"],
-        "bytes_down": last["bytes_down"],
-        "time_to_accuracy": time_to_accuracy(history, cfg.budget.target_accuracies),
-        "history": history,
-        "clients": summary["clients"],
-        "participation": summary["participation"],
-        "density_changes": summary["density_changes"],
-        "run_dir": str(run_dir),
-        "mlflow_run_id": tracker.run_id if tracker is not None else None,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }

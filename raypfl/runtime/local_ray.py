@@ -4,8 +4,8 @@ Besides the GCS and the raylet, `ray.init()` without a cluster starts three Pyth
 autoscaler's monitor (a private instance has fixed resources), the log monitor (it streams worker output to the
 drivers that ask for it; a run passes `log_to_driver=False`) and the dashboard's API server, which, with
 `include_dashboard=False`, loads only the usage-stats module (usage statistics are off) and which `ray.init` waits
-for until it has published its address. On two cores they took ~2.4 CPU seconds and about 2 s of every run's
-start-up (README, Performance).
+for until it has published its address. On a small machine they are a noticeable part of every run's start-up
+(README, Performance).
 
 Ray has no public switch for them: its head takes them from `RayParams.no_monitor`, `RayParams.include_log_monitor`
 and `Node.start_api_server`. This module sets those for the one `ray.init` call it makes, on the Ray version pinned

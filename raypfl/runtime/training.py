@@ -17,51 +17,28 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from raypfl.config import Config, TrainingConfig
+from raypfl.config import TrainingConfig
 from raypfl.data.datasets import canonical
 from raypfl.fl.aggregation import compact
-from raypfl.fl.distribution import SizeModel, Sizes, WidthSizeModel
-from raypfl.fl.evaluation import summarise_batches
 from raypfl.fl.jobs import Mask, ModelSpec, TrainJob, TrainResult, Weights
-from raypfl.fl.slicing import WidthPlan, extract, indices_from_mask
-from raypfl.fl.submodels import ModelDescription, ModelFacts
-from raypfl.models import dense_size_bytes, prunable_parameters
+from raypfl.models import prunable_parameters
+from raypfl.models.slicing import WidthPlan, extract, indices_from_mask
 from raypfl.models.width import OrderedDropout, narrow_model, width_plan
 
-# Samples per forward pass in evaluation. A batch of 1,000 `cnn` samples in one pass needs ~0.25 GB of
-# activations and, on one CPU thread, 400 ms; in passes of 128 the activations stay in cache and the same batch
-# takes 285 ms (measured, 2026-11-26). With one thread per worker (the default) a sample's logits do not
-# depend on the pass it is in (checked bit for bit for cnn, mlp, vgg11 and resnet18 on the CPU); with more,
-# the linear layers' last bits can move. Either way every worker cuts a batch the same way.
+# Samples per forward pass in evaluation: small passes keep the activations in cache, which is faster on a CPU
+# than one pass over an evaluation batch. With one thread per worker (the default) a sample's logits do not depend
+# on the pass it is in; with more, the linear layers' last bits can move. Either way every worker cuts a batch the
+# same way.
 EVAL_CHUNK = 128
 
 
 def configure_process(threads: int) -> bool:
     """Set up a worker process's PyTorch: `threads` intra-op threads (the same count everywhere keeps float sums
     identical) and denormal floats flushed to zero. A collapsing model (FedGMR with zero-filled averaging, say)
-    drives weights towards 0, and CPU arithmetic on denormals is ~35x slower; a healthy model hardly makes any
-    (the demo's history and a FedGMR Fashion-MNIST run's are bit-identical with and without). Returns whether the
-    CPU supports flushing (x86 with SSE3 does)."""
+    drives weights towards 0, and CPU arithmetic on denormals is many times slower; a healthy model hardly makes
+    any, so its history does not change. Returns whether the CPU supports flushing (x86 with SSE3 does)."""
     torch.set_num_threads(threads)
     return torch.set_flush_denormal(True)
-
-
-def describe_model(cfg: Config, spec: ModelSpec) -> ModelDescription:
-    """Build the initial model (from the experiment's seed) and measure it: sizes on the wire, FLOPs per weight
-    and per local round, which weights may be pruned, the width plan of width-sliced methods."""
-    torch.manual_seed(cfg.experiment.seed)
-    model = spec.build()
-    weights = to_numpy(model)
-    prunable = prunable_parameters(model)
-    flops = layer_flops(model, spec.input_shape)
-    n_prunable = sum(weights[name].size for name in prunable)
-    plan = width_plan(model) if cfg.algorithm.width.kind != "none" else None
-    sizes: Sizes = (WidthSizeModel(cfg.network.size_model, plan, cfg.network.model_size_mb) if plan is not None else
-                    SizeModel(cfg.network.size_model, n_prunable, dense_size_bytes(model) // 4 - n_prunable,
-                              cfg.network.model_size_mb))
-    facts = ModelFacts(prunable, {name: flops[name] / weights[name].size for name in prunable},
-                       3 * sum(flops.values()) * cfg.training.batch_size * cfg.training.local_steps, plan)
-    return ModelDescription(weights, sizes, facts)
 
 
 def pick_device(preference: str) -> torch.device:
@@ -74,8 +51,8 @@ def pick_device(preference: str) -> torch.device:
 def make_deterministic(device: torch.device) -> None:
     """On CUDA, kernels that give the same floats every time: cuDNN otherwise picks convolution algorithms by
     speed and some sum with atomics, and cuBLAS splits sums by workspace; the same job twice then differs in its last
-    bits (seen on an H200: a FedGMR run's losses moved in the 7th digit between two runs). An operation without a
-    deterministic kernel warns instead of failing. The CPU's kernels are deterministic already."""
+    bits. An operation without a deterministic kernel warns instead of failing. The CPU's kernels are deterministic
+    already."""
     if device.type != "cuda":
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, i.e. at the first matmul
@@ -147,8 +124,8 @@ class SGD:
     `torch.optim` optimizer first imports `torch._dynamo`, a second of start-up in every worker process.
 
     `fuse` moves each parameter's update into the backward pass, right after its gradient is complete, while that
-    gradient is still in cache (~2 % less time per `cnn` step on one CPU thread, the same floats): no parameter
-    is read again by the backward pass once its own gradient is done."""
+    gradient is still in cache (the same floats, a little faster): no parameter is read again by the backward
+    pass once its own gradient is done."""
 
     def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         self.params = params
@@ -380,57 +357,3 @@ class ClientTrainer:
         from 0, so that any split of the test set over workers sums to the same numbers)."""
         load_numpy(self.model, weights)
         return self.evaluate_batches(self.model, start, stop, self.training.eval_batch_size)
-
-
-class InProcessTrainer:
-    """The Trainer contract without Ray: jobs run when their results are collected (tests, debugging)."""
-
-    def __init__(self, trainer: ClientTrainer) -> None:
-        self.trainer = trainer
-        self.versions: dict[int, Weights] = {}
-        self._pending: dict[int, tuple[TrainJob, Weights]] = {}
-
-    def publish(self, version: int, weights: Weights) -> None:
-        self.versions[version] = weights
-
-    def release(self, version: int) -> None:
-        self.versions.pop(version, None)
-
-    def submit(self, jobs: list[TrainJob]) -> None:
-        for job in jobs:
-            self._pending[job.client] = (job, self.versions[job.version])
-
-    def ready(self, client: int) -> bool:
-        return client in self._pending
-
-    def collect(self, clients: list[int]) -> dict[int, TrainResult]:
-        return {c: self.trainer.train(*self._pending.pop(c)) for c in clients}
-
-    def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
-        assert self.trainer.y_test is not None
-        samples = len(self.trainer.y_test) if limit is None else min(limit, len(self.trainer.y_test))
-        return summarise_batches(self.trainer.evaluate(self.versions[version], 0, samples), samples)
-
-
-def layer_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, float]:
-    """FLOPs (2 per multiply-add) of one sample's forward pass through each conv and linear layer, by the
-    state-dict name of its weight."""
-    flops: dict[str, float] = {}
-    names = {module: name for name, module in model.named_modules()}
-
-    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            flops[f"{names[module]}.weight"] = 2.0 * output.numel() * per_output
-        elif isinstance(module, nn.Linear):
-            flops[f"{names[module]}.weight"] = 2.0 * module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-    return flops

@@ -15,13 +15,15 @@ _EPS = 1e-9
 
 @dataclass(order=True, frozen=True)
 class Event:
-    """`rank` breaks ties at equal times (lower first), then insertion order; `kind` and `client` are data."""
+    """`rank` breaks ties at equal times (lower first), then insertion order; the rest is data: the `client` an
+    event concerns (-1: none) and the aggregation `round` it follows (-1: none)."""
 
     time: float
     rank: int
     seq: int
     kind: str
-    client: int
+    client: int = -1
+    round: int = -1
 
 
 class EventQueue:
@@ -29,8 +31,8 @@ class EventQueue:
         self._heap: list[Event] = []
         self._seq = 0
 
-    def push(self, time: float, kind: str, client: int = -1, rank: int = 0) -> None:
-        heapq.heappush(self._heap, Event(time, rank, self._seq, kind, client))
+    def push(self, time: float, kind: str, rank: int = 0, *, client: int = -1, round: int = -1) -> None:
+        heapq.heappush(self._heap, Event(time, rank, self._seq, kind, client, round))
         self._seq += 1
 
     def peek(self) -> Event | None:
@@ -43,13 +45,13 @@ class EventQueue:
         return len(self._heap)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"seq": self._seq, "events": [[e.time, e.rank, e.seq, e.kind, e.client] for e in self._heap]}
+        return {"seq": self._seq, "events": [[e.time, e.rank, e.seq, e.kind, e.client, e.round] for e in self._heap]}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> EventQueue:
         queue = cls()
         queue._seq = int(data["seq"])
-        queue._heap = [Event(float(t), int(r), int(s), str(k), int(c)) for t, r, s, k, c in data["events"]]
+        queue._heap = [Event(float(t), int(r), int(s), str(k), int(c), int(n)) for t, r, s, k, c, n in data["events"]]
         heapq.heapify(queue._heap)
         return queue
 

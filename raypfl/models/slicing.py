@@ -1,16 +1,17 @@
-"""Width-sliced sub-models (HeteroFL, FedRolex, FjORD; spec F): a sub-model of density d keeps k = ⌈√d·C⌉ of
-the C channels / units of every hidden layer, so it holds ≈ d of the parameters.
+"""Width-sliced sub-models of a network (HeteroFL, FedRolex, FjORD; spec F), as index arithmetic on its state: a
+sub-model of density d keeps k = ⌈√d·C⌉ of the C channels / units of every hidden layer, so it holds ≈ d of the
+parameters (pure NumPy).
 
-A `WidthPlan`, read once from the model, says which dimension of which state-dict tensor is a hidden width: the
-output channels of every conv / linear layer but the classifier, the matching input channels of the next layer
-(a flattened conv output counts channel by channel, in blocks of H·W positions) and the BatchNorm vectors. The
-channels a sub-model keeps depend only on (C, d, offset): the window of k channels starting at `offset mod C`
-(HeteroFL: offset 0; FedRolex: the round), so every layer of width C, residual paths included, keeps the same
-channels and a layer's input always matches its predecessor's output.
+A `WidthPlan`, read once from the model (`raypfl.models.width.width_plan`), says which dimension of which
+state-dict tensor is a hidden width: the output channels of every conv / linear layer but the classifier, the
+matching input channels of the next layer (a flattened conv output counts channel by channel, in blocks of H·W
+positions) and the BatchNorm vectors. The channels a sub-model keeps depend only on (C, d, offset): the window of
+k channels starting at `offset mod C`, so every layer of width C, residual paths included, keeps the same channels
+and a layer's input always matches its predecessor's output.
 
-On the server a sub-model is a structured mask over the full model (so the `ma` rule, IMS and recovery apply
-unchanged); a client extracts the narrow tensors and trains a genuinely narrow network
-(`raypfl.models.width`), whose tensors are the mask's held values.
+On the server a sub-model is a structured mask over the full model (so the mask-aware rule, IMS and recovery apply
+unchanged); a client extracts the narrow tensors and trains a genuinely narrow network, whose tensors are the
+mask's held values.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raypfl.fl.jobs import Mask, Weights
+from raypfl.models.arrays import Mask, Weights
 
 Index = tuple[np.ndarray, ...]  # per dimension, the kept positions (sorted)
 
@@ -104,8 +105,3 @@ def embed(narrow: Weights, index: dict[str, Index], full: Weights) -> Weights:
         else:
             out[key] = narrow[key].copy()
     return out
-
-
-def od_widths(ladder: list[float], p_max: float) -> list[float]:
-    """The widths a FjORD client cycles through, one per local step: the ladder values up to its own."""
-    return [p for p in sorted(ladder) if p <= p_max + 1e-9] or [p_max]

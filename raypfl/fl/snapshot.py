@@ -1,0 +1,79 @@
+"""The server's state to and from plain Python values and NumPy arrays (what a checkpoint holds: no pickle).
+
+Per-client state goes column-wise, one list per field, which stays compact for a population of thousands.
+Masks go bit-packed. Keys become text on their way through JSON; decoding accepts either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from raypfl.errors import UserError
+from raypfl.fl.masks import pack_mask, unpack_mask
+from raypfl.fl.state import IN_FLIGHT, CachedUpdate, ClientState, ServerState, SinceEvaluation
+
+FORMAT = 2  # the layout of a snapshot; a checkpoint of another layout is refused with one line
+_CLIENT_FIELDS = tuple(ClientState.__dataclass_fields__)
+
+
+def check_format(snap: dict[str, Any]) -> None:
+    found = snap.get("format", 1)
+    if found != FORMAT:
+        raise UserError(f"this checkpoint was written by another version of raypfl (snapshot format {found}, "
+                        f"this one reads {FORMAT}): rerun the experiment")
+
+
+def encode_state(st: ServerState) -> dict[str, Any]:
+    return {
+        "weights": st.weights,
+        "cache": encode_cache(st.cache),
+        "clients": {name: [getattr(cs, name) for cs in st.clients] for name in _CLIENT_FIELDS},
+        "scalars": {"round": st.round, "now": st.now, "buffer": list(st.buffer), "flush_pending": st.flush_pending,
+                    "last_flush": st.last_flush, "bytes_up": st.bytes_up, "bytes_down": st.bytes_down,
+                    "updates": st.updates, "done": st.done, "window": asdict(st.window),
+                    "broadcasts": {str(k): v for k, v in st.broadcasts.items()}},
+    }
+
+
+def decode_state(data: dict[str, Any]) -> ServerState:
+    sc = data["scalars"]
+    columns = data["clients"]
+    clients = [ClientState(**{name: plain(columns[name][i]) for name in _CLIENT_FIELDS})
+               for i in range(len(columns["version"]))]
+    return ServerState(
+        weights=dict(data["weights"]), cache=decode_cache(data["cache"]), round=int(sc["round"]),
+        now=float(sc["now"]), clients=clients,
+        busy={c for c, cs in enumerate(clients) if cs.status != "idle"},
+        in_flight={c for c, cs in enumerate(clients) if cs.status in IN_FLIGHT},
+        buffer=[int(c) for c in sc["buffer"]], flush_pending=bool(sc["flush_pending"]),
+        last_flush=float(sc["last_flush"]),
+        broadcasts={int(k): [int(c) for c in v] for k, v in sc["broadcasts"].items()},
+        bytes_up=int(sc["bytes_up"]), bytes_down=int(sc["bytes_down"]), updates=int(sc["updates"]),
+        window=SinceEvaluation(**sc["window"]), done=bool(sc["done"]))
+
+
+def encode_cache(cache: dict[int, CachedUpdate]) -> dict[str, Any]:
+    return {str(c): {"version": u.version, "weights": u.weights, "n_samples": u.n_samples,
+                     "mask": None if u.mask is None else {k: pack_mask(m) for k, m in u.mask.items()}}
+            for c, u in cache.items()}
+
+
+def decode_cache(data: dict[str, Any]) -> dict[int, CachedUpdate]:
+    return {int(c): CachedUpdate(int(u["version"]), dict(u["weights"]),
+                                 None if u["mask"] is None else {k: unpack_mask(v) for k, v in u["mask"].items()},
+                                 int(u["n_samples"]))
+            for c, u in data.items()}
+
+
+def plain(value: Any) -> Any:
+    """Numbers that went through NumPy (a checkpoint) back to Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
