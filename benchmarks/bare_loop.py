@@ -1,11 +1,16 @@
-"""The physical limit of a FedAvg workload on this machine: a bare single-process PyTorch loop.
+"""The physical limit of a workload on this machine: a bare single-process PyTorch loop.
 
-It does exactly the SGD work of an experiment config (by default W1, benchmarks/configs/w1.yaml): the same
-data and partition, the same clients drawn per round, the same data order and steps per client, the same
-model, plain FedAvg (the sample-weighted mean of the clients' models) and the same test evaluations — with no
-framework around it: no Ray, no virtual clock, no tracking, one process with PyTorch's default threads.
-Only raypfl's pure helpers (data loading, partition, client draws, data order, the model) are imported, so the
-work is the same, not similar.
+It does exactly the SGD work of an experiment config (W1, benchmarks/configs/w1.yaml, by default; or W2): the
+same data and partition, the same client draws, the same data order and steps per client update, the same model
+and the same test evaluations — with no framework around it: no Ray, no virtual clock, no tracking, one process
+with PyTorch's default threads. Only raypfl's pure helpers (data loading, partition, client draws, data order, the
+model) are imported, so the work is the same, not similar.
+
+- FedAvg (W1): per round, every drawn client trains from the global model; the sample-weighted mean replaces it.
+- FedBuff (W2): one update after another, each loading the current global model, training, and adding its
+  difference to a buffer; every `buffer_size` updates the buffer's mean is applied (× `server_lr`). The updates
+  come from the clients in flight in turn, each aggregated client's slot refilled by the same draws as raypfl's;
+  which of them arrives first is the virtual clock's business and does not change the work.
 
     python -m benchmarks.bare_loop [CONFIG] [--threads N]
 """
@@ -15,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from raypfl.config import TrainingConfig, load_config
+from raypfl.config import Config, TrainingConfig, load_config
 from raypfl.data import load_dataset, partition
 from raypfl.fl.jobs import ModelSpec
 from raypfl.fl.participation import Participation
@@ -38,39 +44,76 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    t, budget, seed = cfg.training, cfg.budget, cfg.experiment.seed
-    if cfg.algorithm.name != "fedavg" or budget.max_rounds is None:
-        raise SystemExit("the bare loop does FedAvg for budget.max_rounds rounds")
-    data = load_dataset(cfg.data, seed=seed)
-    parts = partition(data.y_train, cfg.clients.num_clients, cfg.data.partition, seed)
-    draws = Participation(cfg.clients.num_clients, cfg.clients.concurrency, seed)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes)
-    torch.manual_seed(seed)
-    global_model = spec.build()
-    model = spec.build()
-    loss = loss_fn(t.loss, data.num_classes)
-    cycles = np.zeros(cfg.clients.num_clients, dtype=np.int64)
+    if cfg.algorithm.name not in ("fedavg", "fedbuff") or cfg.budget.max_rounds is None:
+        raise SystemExit("the bare loop does FedAvg or FedBuff for budget.max_rounds rounds")
+    loop = Loop(cfg)
+    run = loop.fedavg_round if cfg.algorithm.name == "fedavg" else loop.fedbuff_round
     evaluations, round_times = [], []
-    clients = draws.initial()
-    for round_ in range(1, budget.max_rounds + 1):
+    for round_ in range(1, cfg.budget.max_rounds + 1):
         started = time.perf_counter()
-        total = {k: torch.zeros_like(v) for k, v in global_model.state_dict().items()}
-        for client in clients:
-            model.load_state_dict(global_model.state_dict())
-            train_client(model, t, loss, x, y, parts[client], seed, client, int(cycles[client]))
-            cycles[client] += 1
-            for k, v in model.state_dict().items():
-                total[k].add_(v)
-        global_model.load_state_dict({k: v / len(clients) for k, v in total.items()})
-        if round_ % budget.eval_every == 0 or round_ == budget.max_rounds:
-            evaluations.append({"round": round_, "accuracy": evaluate(global_model, x_test, y_test,
-                                                                      t.eval_batch_size)})
+        run(round_)
+        if round_ % cfg.budget.eval_every == 0 or round_ == cfg.budget.max_rounds:
+            evaluations.append({"round": round_, "accuracy": evaluate(loop.global_model, loop.x_test, loop.y_test,
+                                                                      cfg.training.eval_batch_size)})
         round_times.append(time.perf_counter() - started)
-        clients = draws.round_sample(round_)
-    print(json.dumps({"evaluations": evaluations, "steps": budget.max_rounds * len(clients) * t.local_steps,
-                      "round_s_median": float(np.median(round_times)), "threads": torch.get_num_threads()}))
+    print(json.dumps({"evaluations": evaluations, "steps": loop.updates * cfg.training.local_steps,
+                      "updates": loop.updates, "round_s_median": float(np.median(round_times)),
+                      "threads": torch.get_num_threads()}))
+
+
+class Loop:
+    """The global model, the clients' data and draws, and one round of each method."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        seed = cfg.experiment.seed
+        data = load_dataset(cfg.data, seed=seed)
+        self.parts = partition(data.y_train, cfg.clients.num_clients, cfg.data.partition, seed)
+        self.draws = Participation(cfg.clients.num_clients, cfg.clients.concurrency, seed)
+        self.x, self.y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+        self.x_test, self.y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+        spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes)
+        torch.manual_seed(seed)
+        self.global_model = spec.build()
+        self.model = spec.build()
+        self.loss = loss_fn(cfg.training.loss, data.num_classes)
+        self.cycles = np.zeros(cfg.clients.num_clients, dtype=np.int64)
+        self.in_flight = deque(self.draws.initial())
+        self.updates = 0
+
+    def train(self, client: int) -> dict[str, torch.Tensor]:
+        """One client update from the global model; the trained model's state."""
+        self.model.load_state_dict(self.global_model.state_dict())
+        train_client(self.model, self.cfg.training, self.loss, self.x, self.y, self.parts[client],
+                     self.cfg.experiment.seed, client, int(self.cycles[client]))
+        self.cycles[client] += 1
+        self.updates += 1
+        return self.model.state_dict()
+
+    def fedavg_round(self, round_: int) -> None:
+        clients = list(self.in_flight)
+        total = {k: torch.zeros_like(v) for k, v in self.global_model.state_dict().items()}
+        for client in clients:
+            for k, v in self.train(client).items():
+                total[k].add_(v)
+        self.global_model.load_state_dict({k: v / len(clients) for k, v in total.items()})
+        self.in_flight = deque(self.draws.round_sample(round_))
+
+    def fedbuff_round(self, round_: int) -> None:
+        size = self.cfg.algorithm.buffer_size
+        old = self.global_model.state_dict()
+        buffer = {k: torch.zeros_like(v) for k, v in old.items() if v.is_floating_point()}
+        released = []
+        for _ in range(size):
+            client = self.in_flight.popleft()
+            trained = self.train(client)
+            for k, total in buffer.items():  # Σ (w - W): in place, no temporaries
+                total.add_(trained[k]).sub_(old[k])
+            released.append(client)
+        with torch.no_grad():
+            for k, total in buffer.items():
+                old[k].add_(total, alpha=self.cfg.algorithm.server_lr / size)
+        self.in_flight.extend(self.draws.refill(round_, released, busy=set(self.in_flight)))
 
 
 def train_client(model: torch.nn.Module, t: TrainingConfig, loss: Callable[..., torch.Tensor], x: torch.Tensor,

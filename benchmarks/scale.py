@@ -2,6 +2,11 @@
 
     python -m benchmarks.scale [--populations 100 1000 10000] [--concurrency 100] [--methods fedasync fedgmr]
                                [--aggregations 200] [--set KEY=VALUE ...]
+    python -m benchmarks.scale --cross-device
+
+`--cross-device` is FedBuff's setting at scale: 1,000 clients in flight out of N = 10,000 and 1,000,000, a buffer of
+100, 100 aggregations (10,000 client updates), every client drawing 6 samples of its own (`data.partition.kind:
+sampled`, so the population is not bounded by the data), one evaluation at the start and one at the end.
 
 Each cell is one `raypfl run` (Fashion-MNIST, the `cnn`, 6.6 M parameters) stopped after `--aggregations`
 aggregations. Once a second the benchmark sums the proportional set size (PSS: shared pages split between the
@@ -88,7 +93,14 @@ def main() -> None:
     parser.add_argument("--aggregations", type=int, default=200)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--cross-device", action="store_true",
+                        help="FedBuff, K = 1,000 of N = 10,000 and 1,000,000, buffer 100, 100 aggregations")
     args = parser.parse_args()
+    if args.cross_device:
+        args.populations, args.concurrency = [10_000, 1_000_000], 1000
+        args.methods, args.aggregations = ["fedbuff"], 100
+        args.overrides = ["algorithm.buffer_size=100", "data.partition.kind=sampled",
+                          "data.partition.samples_per_client=6", "budget.eval_every=100", *args.overrides]
     console = wide_console()
     rows = []
     with tempfile.TemporaryDirectory(prefix="raypfl-scale-") as tmp:

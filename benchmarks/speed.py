@@ -1,7 +1,10 @@
 """raypfl against the physical limit: `raypfl run CONFIG` and a bare PyTorch loop doing the same SGD work
 (benchmarks/bare_loop.py), run as whole processes in interleaved pairs on this machine.
 
-    python -m benchmarks.speed [--pairs 3] [--config benchmarks/configs/w1.yaml] [--profile DIR] [--flower PYTHON]
+    python -m benchmarks.speed [--pairs 3] [--workload w1|w2 | --config FILE] [--profile DIR] [--flower PYTHON]
+
+W1 (benchmarks/configs/w1.yaml) is the papers' kind of work: few clients, much local work each. W2 (w2.yaml) is
+cross-device: many clients, a few steps each, a large model, FedBuff with 100 in flight.
 
 For each pair it prints both wall times and their ratio, the median time of a round (median of the per-round wall
 times: training, transfers, aggregation, evaluation), and raypfl's time split into start-up (process start to the
@@ -31,9 +34,19 @@ from rich.table import Table
 
 from benchmarks.output import wide_console
 from benchmarks.step_limit import step_limit
-from raypfl.config import load_config
+from raypfl.config import Config, load_config
 
-W1 = Path(__file__).parent / "configs" / "w1.yaml"
+CONFIGS = Path(__file__).parent / "configs"
+W1 = CONFIGS / "w1.yaml"
+
+
+def client_updates(cfg: Config) -> int:
+    """Updates a run of `budget.max_rounds` aggregations makes: a count trigger's buffer per aggregation, else every
+    client in flight."""
+    assert cfg.budget.max_rounds is not None
+    per_round = cfg.algorithm.buffer_size if cfg.algorithm.trigger == "count" else \
+        (cfg.clients.concurrency or cfg.clients.num_clients)
+    return cfg.budget.max_rounds * per_round
 
 
 def run_bare(config: Path, cwd: Path) -> dict[str, Any]:
@@ -81,7 +94,8 @@ def _has_flower(python: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--config", type=Path, default=W1)
+    parser.add_argument("--workload", choices=("w1", "w2"), help="a shipped workload (default: w1)")
+    parser.add_argument("--config", type=Path, help="another experiment config (FedAvg or FedBuff, max_rounds set)")
     parser.add_argument("--profile", type=Path, help="also record a raypfl run with py-spy into this folder")
     parser.add_argument("--flower", type=Path, metavar="PYTHON",
                         help="also run the config on Flower's simulation runtime with this interpreter (an "
@@ -89,10 +103,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.flower is not None and not _has_flower(args.flower):
         parser.error(f"--flower: {args.flower} is not the Python of an environment with flwr[simulation] and torch")
-    config = args.config.resolve()
+    if args.workload and args.config:
+        parser.error("give --workload or --config, not both")
+    config = (args.config or CONFIGS / f"{args.workload or 'w1'}.yaml").resolve()
     cfg = load_config(config)
+    if args.flower is not None and cfg.algorithm.name != "fedavg":
+        parser.error("--flower runs FedAvg workloads (W1) only")
     console = wide_console()
-    steps = cfg.budget.max_rounds * (cfg.clients.concurrency or cfg.clients.num_clients) * cfg.training.local_steps
+    steps = client_updates(cfg) * cfg.training.local_steps
     with tempfile.TemporaryDirectory(prefix="raypfl-speed-") as tmp:
         work = Path(tmp)
         console.print("warm-up (not timed) ...")

@@ -7,6 +7,7 @@ Every user mistake (unknown key, wrong type, out-of-range value, unknown name) b
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from raypfl.errors import UserError
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "femnist", "synthetic")
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural", "sampled")
 MODELS = ("cnn", "vgg11", "resnet18", "mlp")
 ALGORITHMS = ("fedavg", "fedasync", "fedbuff", "fedgmr", "prfl", "heterofl", "fedrolex", "fjord")
 VARIANTS = ("base", "aux", "aux_gmr")
@@ -48,19 +49,21 @@ class ExperimentConfig(Section):
 
 
 class PartitionConfig(Section):
-    kind: Literal["iid", "dirichlet", "shards", "natural"] = "iid"
+    kind: Literal["iid", "dirichlet", "shards", "natural", "sampled"] = "iid"
     alpha: Positive = 0.6
     classes_per_client: int = Field(2, ge=1)
     min_samples: int = Field(1, ge=1)
     order: Literal["size_asc", "random"] = "size_asc"
-    # iid only: every client draws this many samples of its own, clients may share samples (a population larger
-    # than the data); null: the samples are split between the clients
+    # sampled (or iid): every client draws this many samples of its own from (seed, client), clients may share
+    # samples (a population larger than the data); null: the samples are split between the clients
     samples_per_client: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _drawn_samples_are_iid(self) -> PartitionConfig:
-        if self.samples_per_client is not None and self.kind != "iid":
-            raise ValueError("data.partition.samples_per_client applies to the iid partition only")
+    def _drawn_samples(self) -> PartitionConfig:
+        if self.samples_per_client is not None and self.kind not in ("iid", "sampled"):
+            raise ValueError("data.partition.samples_per_client applies to the sampled (and iid) partitions only")
+        if self.kind == "sampled" and self.samples_per_client is None:
+            raise ValueError("data.partition.kind 'sampled' needs data.partition.samples_per_client")
         return self
 
 
@@ -106,7 +109,7 @@ class ComputeConfig(Section):
 
 
 class ClientsConfig(Section):
-    num_clients: int = Field(10, ge=1, le=100_000)
+    num_clients: int = Field(10, ge=1, le=100_000_000)
     # clients training at a time: sampled per round (synchronous) or kept in flight (asynchronous); null = all
     concurrency: int | None = Field(None, ge=1)
     heterogeneity: Literal["high", "medium", "low"] | list[ClientClassConfig] = "high"
@@ -326,6 +329,9 @@ class Config(Section):
 # Loading, overrides, errors
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `dotted.key=value`; the value is read as YAML so numbers, booleans, lists and null coerce."""
     key, sep, raw = text.partition("=")
@@ -336,6 +342,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e9 as text (it wants 1.0e+9)
     return key, value
 
 

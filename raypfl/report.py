@@ -42,6 +42,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def class_densities(record: dict[str, Any], class_index: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """The mean client density of each heterogeneity class at one evaluation."""
+    if record.get("densities") is None:  # a population too large to list: the record carries the means
+        return dict(record["class_densities"])
     densities = np.asarray(record["densities"], dtype=np.float64)
     sums = np.bincount(class_index, weights=densities, minlength=len(class_names))
     counts = np.bincount(class_index, minlength=len(class_names))
@@ -55,7 +57,7 @@ def write_history_csv(path: Path, history: list[dict[str, Any]], class_index: np
     if not history:
         path.write_text("")
         return
-    scalar_keys = [k for k in history[0] if k != "densities"]
+    scalar_keys = [k for k in history[0] if k not in ("densities", "class_densities")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(scalar_keys + [f"density_{name}" for name in class_names])

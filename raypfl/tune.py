@@ -207,8 +207,7 @@ def _trial(params: dict[str, Any], sweep: Sweep, parent_run_id: str | None) -> N
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and (run_dir / "config.yaml").is_file():
         with checkpoint.as_directory() as folder:  # Tune's view of the trial's progress wins
-            (run_dir / CHECKPOINT).parent.mkdir(exist_ok=True)
-            shutil.copyfile(Path(folder) / CHECKPOINT.name, run_dir / CHECKPOINT)
+            shutil.copytree(folder, (run_dir / CHECKPOINT).parent, dirs_exist_ok=True)
 
     def report(history: list[dict[str, Any]], saved: Path | None) -> None:
         record = history[-1]

@@ -35,6 +35,9 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         ("a.b=null", "a.b", None),
         ("a.b=hello", "a.b", "hello"),
         ("a.b=x=y", "a.b", "x=y"),
+        ("a.b=1e9", "a.b", 1e9),  # YAML 1.1 would read these two as text
+        ("a.b=-2.5E-3", "a.b", -0.0025),
+        ("a.b=1e9x", "a.b", "1e9x"),
     ],
 )
 def test_override_values_are_coerced_like_yaml(text: str, key: str, value: object) -> None:

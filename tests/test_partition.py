@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,33 @@ def test_errors() -> None:
         partition(LABELS[:4], 3, cfg(kind="natural"), seed=0, writers=np.array([0, 0, 1, 1]))
     with pytest.raises(UserError, match="leaves client 1 with 1 samples"):
         partition(LABELS[:11], 2, cfg(kind="natural", min_samples=2), seed=0, writers=np.array([0] * 10 + [1]))
+
+
+def test_sampled_clients_draw_their_samples_when_asked_for() -> None:
+    parts = partition(LABELS, 10_000_000, cfg(kind="sampled", samples_per_client=6), seed=3)
+    assert len(parts) == 10_000_000
+    assert len(pickle.dumps(parts)) < 1000  # nothing stored per client
+    last = parts[9_999_999]
+    assert len(last) == 6 and len(set(last.tolist())) == 6 and last.min() >= 0 and last.max() < 500
+    assert np.array_equal(last, np.sort(np.random.default_rng([3, 17, 9_999_999]).choice(500, 6, replace=False)))
+    assert np.array_equal(parts[42], partition(LABELS, 10_000_000, cfg(kind="sampled", samples_per_client=6),
+                                               seed=3)[42])  # a pure function of (seed, client)
+    assert not np.array_equal(parts[42], parts[43])
+    # iid with samples_per_client draws the same samples
+    assert np.array_equal(partition(LABELS, 50, cfg(kind="iid", samples_per_client=6), seed=3)[7], parts[7])
+    with pytest.raises(IndexError):
+        parts[10_000_000]
+
+
+def test_sampled_partition_needs_its_sample_count() -> None:
+    with pytest.raises(ValueError, match="needs data.partition.samples_per_client"):
+        cfg(kind="sampled")
+    with pytest.raises(ValueError, match="applies to the sampled"):
+        cfg(kind="dirichlet", samples_per_client=3)
+    with pytest.raises(UserError, match="exceeds the 500 training samples"):
+        partition(LABELS, 3, cfg(kind="sampled", samples_per_client=501), seed=0)
+    with pytest.raises(UserError, match="data.partition.kind=sampled"):  # the split's error says what to do
+        partition(LABELS, 600, cfg(kind="iid"), seed=0)
 
 
 def test_report_table_and_heatmap(tmp_path: Path) -> None:

@@ -70,6 +70,24 @@ def test_a_population_of_ten_thousand(tmp_path: Path) -> None:
                                                                "density_d0.1", "density_d0.05"]
 
 
+def test_a_population_larger_than_the_data(tmp_path: Path) -> None:
+    # 200,000 clients on the 1,797 digits: each draws 5 samples when it trains. Beyond 10,000 clients the results
+    # list the clients that took part, and evaluations carry each class's mean density instead of every client's.
+    result = run_experiment(load_config(overrides=[
+        "clients.num_clients=200000", "clients.concurrency=10", "data.partition.kind=sampled",
+        "data.partition.samples_per_client=5", "algorithm.name=fedbuff", "budget.max_rounds=12",
+        "budget.eval_every=6", "tracking.enabled=false"]), output=tmp_path / "run", console=Console(quiet=True))
+    assert result["client_updates"] == 36
+    trained = sum(row["participants"] for row in result["participation"].values())
+    assert sorted(c["id"] for c in result["clients"]) == sorted(c["id"] for c in result["clients"] if c["updates"])
+    assert len(result["clients"]) == trained and sum(c["updates"] for c in result["clients"]) == 36
+    assert sum(row["clients"] for row in result["participation"].values()) == 200000
+    last = result["history"][-1]
+    assert last["densities"] is None and set(last["class_densities"]) == {"d1", "d0.5", "d0.2", "d0.1", "d0.05"}
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "density_d0.05" in header and "class_densities" not in header
+
+
 class _Ledger:
     """A client actor that returns a job's client and remembers the order it ran jobs in."""
 

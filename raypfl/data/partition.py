@@ -1,6 +1,9 @@
-"""Split a training set over clients (spec E.2): iid, dirichlet(α), shards, natural (by writer). Seeded."""
+"""Split a training set over clients (spec E.2): iid, dirichlet(α), shards, natural (by writer); or draw each
+client's samples (`sampled`), for populations larger than the data. Seeded."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -10,20 +13,45 @@ from raypfl.errors import UserError
 _DIRICHLET_REDRAWS = 100
 
 
+Parts = Sequence[np.ndarray]  # per client, the indices of its training samples
+
+
+class SampledParts(Sequence[np.ndarray]):
+    """Client c's samples: `per_client` distinct indices of the training set drawn from (seed, c), computed when
+    asked for. Nothing is stored per client, so a population of millions costs a few numbers; clients may share
+    samples."""
+
+    def __init__(self, num_clients: int, num_samples: int, per_client: int, seed: int) -> None:
+        self.num_clients, self.num_samples, self.per_client, self.seed = num_clients, num_samples, per_client, seed
+
+    def __len__(self) -> int:
+        return self.num_clients
+
+    def __getitem__(self, client: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= client < self.num_clients:
+            raise IndexError(client)
+        rng = np.random.default_rng([self.seed, 17, client])
+        return np.sort(rng.choice(self.num_samples, self.per_client, replace=False))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[c] for c in range(self.num_clients))
+
+
 def partition(labels: np.ndarray, num_clients: int, cfg: PartitionConfig, seed: int,
-              writers: np.ndarray | None = None) -> list[np.ndarray]:
-    """Index arrays, one per client; every sample goes to exactly one client (unless `samples_per_client` draws
-    each client's samples from the whole set)."""
+              writers: np.ndarray | None = None) -> Parts:
+    """Index arrays, one per client: every sample goes to exactly one client, or (`sampled`, or `iid` with
+    `samples_per_client`) each client's are drawn from the whole set when they are needed."""
     n = len(labels)
-    if cfg.samples_per_client is not None:
-        if cfg.samples_per_client > n:
-            raise UserError(f"data.partition.samples_per_client ({cfg.samples_per_client}) exceeds the {n} training "
-                            "samples")
-        return [np.sort(np.random.default_rng([seed, 17, c]).choice(n, cfg.samples_per_client, replace=False))
-                for c in range(num_clients)]
+    if cfg.kind == "sampled" or cfg.samples_per_client is not None:
+        per_client = cfg.samples_per_client
+        assert per_client is not None  # the config requires it for `sampled`
+        if per_client > n:
+            raise UserError(f"data.partition.samples_per_client ({per_client}) exceeds the {n} training samples")
+        return SampledParts(num_clients, n, per_client, seed)
     if num_clients * cfg.min_samples > n:
         raise UserError(f"{num_clients} clients with at least {cfg.min_samples} sample(s) each need "
-                        f"{num_clients * cfg.min_samples} training samples, the dataset has {n}")
+                        f"{num_clients * cfg.min_samples} training samples, the dataset has {n} (a larger "
+                        "population draws its samples: data.partition.kind=sampled with samples_per_client)")
     rng = np.random.default_rng([seed, 17])
     if cfg.kind == "iid":
         parts = np.array_split(rng.permutation(n), num_clients)

@@ -122,27 +122,24 @@ def _validate(old: Weights, updates: Sequence[ClientUpdate]) -> None:
 
 class _Sums:
     """Σ λ m w (or Σ λ m (w − W_old) for `ga`) and Σ λ m over the flat span [lo, hi) of one tensor, accumulated in
-    place."""
+    place. Dense updates share one denominator, a scalar, until some update holds only part of the tensor."""
 
     def __init__(self, base: np.ndarray, lo: int, hi: int, deltas: bool) -> None:
         self.lo, self.hi = lo, hi
         self.base = base.reshape(-1)[lo:hi]
         self.deltas = deltas
-        self.num = np.zeros_like(self.base)
-        self._scaled = np.empty_like(self.base)
+        self.num: np.ndarray | None = None  # allocated by the first update
+        self._scratch: np.ndarray | None = None
         self.den: np.ndarray | None = None  # per element, once some update holds only part of the tensor
         self.den_all = 0.0  # the part of Σ λ m that every element shares
 
     def add(self, weight: float, values: np.ndarray, held: np.ndarray | None, dense: bool) -> None:
         """`values`: the whole tensor's (flat) when `dense`, else the mask's held values (compact)."""
         if held is None:
-            values = values[self.lo:self.hi]
-            if self.deltas:
-                values = values - self.base
-            np.multiply(values, weight, out=self._scaled)
-            self.num += self._scaled
-            self.den_all += weight
+            self._add_dense(weight, values[self.lo:self.hi])
             return
+        if self.num is None:
+            self.num = np.zeros_like(self.base)
         flat = flat_index(held)
         first, last = np.searchsorted(flat, (self.lo, self.hi))
         positions = flat[first:last] - self.lo
@@ -154,9 +151,39 @@ class _Sums:
             self.den = np.zeros_like(self.base)
         self.den[positions] += np.float32(weight)
 
-    def denominator(self) -> np.ndarray:
-        return self.den + np.float32(self.den_all) if self.den is not None else \
-            np.full_like(self.base, self.den_all)
+    def _add_dense(self, weight: float, values: np.ndarray) -> None:
+        """num += λ · values (or λ · (values − base)), each product rounded to float32 before the sum, as
+        `num + values * λ` rounds it; the first update starts from 0 + product (which turns -0 into +0)."""
+        first = self.num is None
+        if first:
+            self.num = np.empty_like(self.base)
+        out = self.num if first else self.scratch
+        if self.deltas:
+            np.subtract(values, self.base, out=out)
+            np.multiply(out, weight, out=out)
+        else:
+            np.multiply(values, weight, out=out)
+        if first:
+            np.add(out, np.float32(0.0), out=out)
+        else:
+            np.add(self.num, out, out=self.num)
+        self.den_all += weight
+
+    @property
+    def scratch(self) -> np.ndarray:
+        if self._scratch is None:
+            self._scratch = np.empty_like(self.base)
+        return self._scratch
+
+    def ratio(self, out: np.ndarray) -> None:
+        """out = num ⊘ den where den > 0, else base (mask-aware averaging)."""
+        assert self.num is not None
+        if self.den is None:  # every element shares the denominator Σ λ > 0
+            np.divide(self.num, np.float32(self.den_all), out=out)
+            return
+        den = self.den + np.float32(self.den_all)
+        out[:] = self.base
+        np.divide(self.num, den, out=out, where=den > 0)
 
 
 # Large tensors are aggregated in spans of at least this many elements, on up to `_THREADS` threads (NumPy releases
@@ -203,17 +230,19 @@ def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix:
         for u in ordered:
             values = np.asarray(u.weights[key], dtype=np.float32)
             sums.add(u.weight, values.reshape(-1), (u.mask or {}).get(key), values.shape == base.shape)
+        assert sums.num is not None
         target = out.reshape(-1)[lo:hi]
         if rule == "fa":
             np.divide(sums.num, np.float32(total), out=target)
-        elif rule == "ga":
-            target[:] = sums.base + sums.num * np.float32(server_lr / total)
+        elif rule == "ga":  # base + num · (η / Σλ), the product rounded first
+            np.multiply(sums.num, np.float32(server_lr / total), out=target)
+            np.add(sums.base, target, out=target)
         else:
-            den = sums.denominator()
-            target[:] = sums.base
-            np.divide(sums.num, den, out=target, where=den > 0)
-            if rule == "ma_mix":
-                target[:] = np.float32(mix) * target + np.float32(1.0 - mix) * sums.base
+            sums.ratio(target)
+            if rule == "ma_mix":  # mix · W̃ + (1 − mix) · base, each product rounded first
+                np.multiply(target, np.float32(mix), out=target)
+                np.multiply(sums.base, np.float32(1.0 - mix), out=sums.scratch)
+                np.add(target, sums.scratch, out=target)
 
     new: Weights = {}
     tasks: list[Callable[[], None]] = []

@@ -19,7 +19,7 @@ from raypfl.config import AlgorithmConfig
 from raypfl.fl.jobs import Weights
 from raypfl.fl.recovery import DensityChange, RecoveryScheduler, balance_densities
 from raypfl.fl.snapshot import decode_cache, encode_cache
-from raypfl.fl.state import CachedUpdate
+from raypfl.fl.state import CachedUpdate, ClientTable
 from raypfl.fl.submodels import ModelFacts, SubModels, WidthSubModels, make_submodels
 
 
@@ -33,7 +33,8 @@ class Restoration:
     def __init__(self, alg: AlgorithmConfig, initial: Sequence[float], budget_s: float, facts: ModelFacts,
                  local_steps: int) -> None:
         self.alg = alg
-        self.schedule = RecoveryScheduler(alg.recovery, initial, budget_s)
+        # clients of full models have nothing to restore: no per-client schedule for them (a population of millions)
+        self.schedule = RecoveryScheduler(alg.recovery, initial, budget_s) if alg.sub_models else None
         self.submodels: SubModels | WidthSubModels = make_submodels(alg.pruning, alg.width, facts, local_steps)
         self.best: tuple[float, Weights, dict[int, CachedUpdate]] | None = None  # for PR-FL's rollback
         self.log: list[dict[str, Any]] = []  # every density change, as result.json lists them
@@ -51,7 +52,7 @@ class Restoration:
 
     def wants_check(self, now: float) -> bool:
         """A point of the time schedule has passed and waits to be applied."""
-        return self.active and self.schedule.time_point_passed(now)
+        return self.schedule is not None and self.schedule.time_point_passed(now)
 
     def remember(self, accuracy: float, weights: Weights, cache: dict[int, CachedUpdate]) -> None:
         """An evaluated model, kept while it is the best one when a restoration step rolls back to it."""
@@ -59,10 +60,10 @@ class Restoration:
             self.best = (accuracy, weights, dict(cache))
 
     def on_score(self, now: float, round_: int, accuracy: float, client_scores: dict[int, float] | None,
-                 weights: Weights, cycle_times: Sequence[Sequence[float]]) -> Restored | None:
+                 weights: Weights, clients: ClientTable) -> Restored | None:
         """Feed one score of the global model (an evaluation's, with the clients' own scores; or a check's,
         `client_scores` None) to the schedule; None when clients train the full model and nothing applies."""
-        if not self.active:
+        if self.schedule is None:
             return None
         changes, rollback = self.schedule.on_evaluation(now, round_, accuracy, client_scores)
         restored = None
@@ -70,7 +71,7 @@ class Restoration:
             restored = (self.best[1], dict(self.best[2]))
             weights = restored[0]
         if self.alg.pruning.balance and not self.log:  # the first stage lasts until the first density change
-            changes += self._balance(now, round_, cycle_times)
+            changes += self._balance(now, round_, [clients.recent_cycles(c) for c in range(len(clients))])
         self.log.extend(asdict(change) for change in changes)
         refresh = self.alg.refresh_every
         due = round_ - self.refreshed_at >= refresh if refresh is not None else client_scores is not None
@@ -82,11 +83,12 @@ class Restoration:
         """Pruning masks drift with the global model and FedRolex's window rolls with the round: a new generation
         of sub-models for these densities."""
         if self.active:
-            self.submodels.rebuild(weights, list(densities), round_)
+            self.submodels.rebuild(weights, [float(d) for d in densities], round_)
             self.refreshed_at = round_
 
     def _balance(self, now: float, round_: int, cycle_times: Sequence[Sequence[float]]) -> list[DensityChange]:
         """PR-FL's first stage (spec C.1): shrink slow clients' sub-models until round times match."""
+        assert self.schedule is not None
         if any(not times for times in cycle_times):
             return []
         old = list(self.schedule.densities)
@@ -98,11 +100,13 @@ class Restoration:
     def snapshot(self) -> dict[str, Any]:
         best = None if self.best is None else {"accuracy": self.best[0], "weights": self.best[1],
                                                "cache": encode_cache(self.best[2])}
-        return {"schedule": self.schedule.snapshot(), "submodels": self.submodels.snapshot(), "best": best,
-                "log": list(self.log), "refreshed_at": self.refreshed_at}
+        schedule = self.schedule.snapshot() if self.schedule is not None else None
+        return {"schedule": schedule, "submodels": self.submodels.snapshot(), "best": best, "log": list(self.log),
+                "refreshed_at": self.refreshed_at}
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.schedule = RecoveryScheduler.restore(self.alg.recovery, data["schedule"])
+        if data["schedule"] is not None:
+            self.schedule = RecoveryScheduler.restore(self.alg.recovery, data["schedule"])
         self.submodels.restore(data["submodels"])
         best = data["best"]
         self.best = None if best is None else (float(best["accuracy"]), dict(best["weights"]),

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from raypfl.config import Config
 from raypfl.fl.aggregation import aggregate, expand
 from raypfl.fl.distribution import Sizes, plan_broadcast
@@ -30,8 +32,13 @@ from raypfl.fl.restoration import Restoration
 from raypfl.fl.snapshot import FORMAT, decode_state, encode_state
 from raypfl.fl.staleness import Staleness, StalenessLedger, weigh
 from raypfl.fl.state import (
+    BUFFERED,
+    IDLE,
+    TRAINING,
+    UPLOADING,
+    WAITING,
     CachedUpdate,
-    ClientState,
+    ClientTable,
     EvalRecord,
     ServerState,
     SinceEvaluation,
@@ -41,20 +48,19 @@ from raypfl.fl.state import (
 from raypfl.fl.submodels import ModelFacts
 from raypfl.fl.triggers import make_trigger
 from raypfl.sim.clock import MB, EventQueue, SharedUplink
-from raypfl.sim.heterogeneity import BandwidthNoise, ClientClass, compute_seconds
+from raypfl.sim.heterogeneity import BandwidthNoise, ClientClasses, compute_seconds
 from raypfl.sim.realtime import WallClock
 
 # Event ranks at equal times: uploads start before broadcasts are dispatched, flushes come last so that
 # every arrival at the flush time is still admitted (spec H.9: admit iff R_i ≤ T_agg).
 _UPLOAD, _BROADCAST, _FLUSH = 0, 1, 2
-_CYCLE_HISTORY = 5  # cycle durations kept per client for PR-FL's density balancing
 
 
 class Server:
     """Owns the global model, the virtual clock and the buffer; asks the evaluation policy when to evaluate and
     restoration what densities and sub-models the clients train."""
 
-    def __init__(self, cfg: Config, classes: list[ClientClass], weights: Weights, sizes: Sizes,
+    def __init__(self, cfg: Config, classes: ClientClasses, weights: Weights, sizes: Sizes,
                  facts: ModelFacts, trainer: Trainer) -> None:
         if len(classes) != cfg.clients.num_clients:
             raise ValueError("one class per client is needed")
@@ -73,13 +79,15 @@ class Server:
         always = self.alg.reference_clients if self.alg.trigger == "reference_window" else ()
         self.participation = Participation(cfg.clients.num_clients, cfg.clients.concurrency, cfg.experiment.seed,
                                            always)
-        initial = [k.density if self.alg.sub_models else 1.0 for k in classes]
-        self.state = ServerState(weights=weights, clients=[ClientState(density=d, job_density=d) for d in initial])
+        initial = np.array([k.density for k in classes.kinds])[classes.index] if self.alg.sub_models else \
+            np.ones(len(classes))
+        self.state = ServerState(weights=weights, clients=ClientTable(initial, self.alg.pruning.balance))
         self.queue = EventQueue()
         self.uplink = SharedUplink(net.server_down_mbps * self.noise.server(0)[1])
         self.ledger = StalenessLedger()
         self.evaluation = EvaluationPolicy(cfg.budget, self.alg, cfg.clients)
-        self.restoration = Restoration(self.alg, initial, cfg.budget.virtual_time_s, facts, cfg.training.local_steps)
+        self.restoration = Restoration(self.alg, initial.tolist(), cfg.budget.virtual_time_s, facts,
+                                       cfg.training.local_steps)
         self.submodels = self.restoration.submodels
         self.history: list[EvalRecord] = []
         self._published: set[int] = set()
@@ -98,7 +106,7 @@ class Server:
             self.wall.begin(self.state.now)
             if not self.history and self.state.round == 0 and not self.state.busy:
                 self._publish(0, self.state.weights)
-                self.restoration.rebuild(self.state.weights, [cs.density for cs in self.state.clients], 0)
+                self.restoration.rebuild(self.state.weights, self.state.clients.density, 0)
                 self._dispatch(0.0, self.participation.initial())
                 if self.cfg.budget.eval_at_start:
                     return self._evaluate()
@@ -163,7 +171,7 @@ class Server:
         """After aggregation `round_`, the slots of the aggregated clients are dispatched again."""
         st = self.state
         for c in released:
-            st.clients[c].status = "idle"
+            st.clients.status[c] = IDLE
             st.busy.discard(c)
         if self.alg.trigger == "synchronous":
             clients = self.participation.round_sample(round_)
@@ -177,52 +185,57 @@ class Server:
         if not clients:
             return
         server_up = self.cfg.network.server_up_mbps * self.noise.server(st.round)[0]
-        links = {c: self.noise.client(c, st.clients[c].cycle) for c in clients}
-        plan = plan_broadcast(self.sizes, {c: st.clients[c].density for c in clients},
+        cl = st.clients
+        links = {c: self.noise.client(c, int(cl.cycle[c])) for c in clients}
+        plan = plan_broadcast(self.sizes, {c: float(cl.density[c]) for c in clients},
                               {c: self.classes[c].download_mbps * links[c][0] for c in clients}, server_up,
                               self.alg.ims)
         st.bytes_down += int(round(plan.egress_mb * MB))
-        client_eval_every = self.alg.recovery.client_eval_every
+        every = self.alg.recovery.client_eval_every
         jobs = []
         for client in clients:
-            cs = st.clients[client]
             klass = self.classes[client]
-            cs.training_ends = now + plan.download_s[client] + compute_seconds(
-                self.cfg.clients.compute, klass, cs.density, self.facts.flops_per_round)
-            cs.version, cs.status, cs.dispatched_at = st.round, "training", now
-            cs.job_density, cs.mask_generation = cs.density, self.submodels.current
-            cs.upload_mb, cs.upload_rate = self.sizes.megabytes(cs.density), klass.upload_mbps * links[client][1]
+            density = float(cl.density[client])
+            ends = now + plan.download_s[client] + compute_seconds(self.cfg.clients.compute, klass, density,
+                                                                   self.facts.flops_per_round)
+            cl.training_ends[client] = ends
+            cl.version[client], cl.status[client], cl.dispatched_at[client] = st.round, TRAINING, now
+            cl.job_density[client], cl.mask_generation[client] = density, self.submodels.current
+            cl.upload_mb[client] = self.sizes.megabytes(density)
+            cl.upload_rate[client] = klass.upload_mbps * links[client][1]
             # Spec D.1 scores a client's rounds 1, every + 1, ...; round 1's score only sets a baseline that round
             # every + 1's almost always beats, and with few clients in flight nearly every job is a client's first:
             # raypfl scores rounds every, 2·every, ...
-            cs.scoring = self.restoration.wants_client_scores and (cs.cycle + 1) % client_eval_every == 0
+            cl.scoring[client] = self.restoration.wants_client_scores and (cl.cycle[client] + 1) % every == 0
             st.busy.add(client)
             st.in_flight.add(client)
-            self.queue.push(cs.training_ends, "upload", _UPLOAD, client=client)
+            self.queue.push(ends, "upload", _UPLOAD, client=client)
             jobs.append(self._job(client))
         self.trainer.submit(jobs)
 
     def _job(self, client: int) -> TrainJob:
         """The training job of a client's current cycle (its cycle counter moves on when it arrives)."""
-        cs = self.state.clients[client]
-        cycle = cs.cycle - 1 if cs.status == "buffered" else cs.cycle
-        key = (cs.mask_generation, cs.job_density)
-        return TrainJob(client=client, version=cs.version, cycle=cycle,
+        cl = self.state.clients
+        cycle = int(cl.cycle[client]) - int(cl.status[client] == BUFFERED)
+        key = (int(cl.mask_generation[client]), float(cl.job_density[client]))
+        return TrainJob(client=client, version=int(cl.version[client]), cycle=cycle,
                         mask=self.submodels.mask(*key), lr=self.cfg.training.lr,
                         local_steps=self.cfg.training.local_steps, want_grads=self.submodels.wants_grads,
-                        sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(cs.job_density),
-                        mask_key=key if cs.job_density < 1.0 else None,
-                        score_samples=self.alg.recovery.client_eval_samples if cs.scoring else None,
-                        needed_at=self._needed_at(cs))
+                        sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(key[1]),
+                        mask_key=key if key[1] < 1.0 else None,
+                        score_samples=self.alg.recovery.client_eval_samples if cl.scoring[client] else None,
+                        needed_at=self._needed_at(client))
 
-    def _needed_at(self, cs: ClientState) -> float:
+    def _needed_at(self, client: int) -> float:
         """The earliest virtual time a job's result can be aggregated: its upload's end at the client's own rate
         (sharing the server's capacity only delays it). Trainers run the jobs needed first; ordered by the end of
         training instead, a slow link's result would wait through its whole upload in the object store. Realtime
         mode looks at the result when the upload starts."""
-        if self.cfg.runtime.mode == "realtime" or cs.upload_rate <= 0:
-            return cs.training_ends
-        return cs.training_ends + cs.upload_mb / cs.upload_rate
+        cl = self.state.clients
+        ends, rate = float(cl.training_ends[client]), float(cl.upload_rate[client])
+        if self.cfg.runtime.mode == "realtime" or rate <= 0:
+            return ends
+        return ends + float(cl.upload_mb[client]) / rate
 
     def _start_upload(self, client: int) -> None:
         if self.cfg.runtime.mode == "realtime" and not self.trainer.ready(client):
@@ -230,18 +243,18 @@ class Server:
             # deterministic, by design of the realtime mode).
             self.queue.push(self.state.now + self.wall.quantum, "upload", _UPLOAD, client=client)
             return
-        cs = self.state.clients[client]
-        cs.status = "uploading"
-        self.uplink.start(client, cs.upload_mb, cs.upload_rate)
+        cl = self.state.clients
+        cl.status[client] = UPLOADING
+        self.uplink.start(client, float(cl.upload_mb[client]), float(cl.upload_rate[client]))
 
     def _arrive(self, client: int) -> None:
         st = self.state
-        cs = st.clients[client]
+        cl = st.clients
         self.uplink.finish(client)
-        st.bytes_up += int(round(cs.upload_mb * MB))
-        cs.status = "buffered"
-        cs.cycle += 1
-        cs.cycle_times = [*cs.cycle_times, st.now - cs.dispatched_at][-_CYCLE_HISTORY:]
+        st.bytes_up += int(round(float(cl.upload_mb[client]) * MB))
+        cl.status[client] = BUFFERED
+        cl.cycle[client] += 1
+        cl.record_cycle(client, st.now - float(cl.dispatched_at[client]))
         st.in_flight.discard(client)
         st.buffer.append(client)
         if st.flush_pending:
@@ -259,10 +272,9 @@ class Server:
         st.weights = self._aggregate([results[c] for c in buffer])
         st.round += 1
         self._publish(st.round, st.weights)
-        for c in buffer:
-            st.clients[c].status = "waiting"
+        st.clients.status[buffer] = WAITING
         self._release_unheld()
-        self.submodels.keep({st.clients[c].mask_generation for c in st.busy})
+        self.submodels.keep({int(st.clients.mask_generation[c]) for c in st.busy})
         self.uplink.set_capacity(self.cfg.network.server_down_mbps * self.noise.server(st.round)[1])
         st.broadcasts[st.round] = buffer
         self.queue.push(st.now + self.alg.server_time_s, "broadcast", _BROADCAST, round=st.round)
@@ -291,14 +303,15 @@ class Server:
         client's latest upload with its staleness recomputed now (spec H.3)."""
         st = self.state
         masks = {r.client: self._job_mask(r.client) for r in results}
+        cl = st.clients
         for r in results:
             missed = st.round - r.version
-            cs = st.clients[r.client]
-            cs.updates += 1
-            cs.missed_total += missed
+            cl.updates[r.client] += 1
+            cl.missed_total[r.client] += missed
             st.window.missed += missed
-            if cs.scoring:
-                cs.scoring, cs.score = False, r.score
+            if cl.scoring[r.client]:
+                cl.scoring[r.client] = False
+                cl.score[r.client] = np.nan if r.score is None else r.score
             if r.grads is not None and self.submodels.grads is not None:
                 self.submodels.grads.add(expand(r.grads, masks[r.client], {k: st.weights[k] for k in r.grads}))
         st.updates += len(results)
@@ -314,8 +327,8 @@ class Server:
     def _job_mask(self, client: int) -> Mask | None:
         """The mask of the job a client has just finished: the server's own object (results do not carry it back,
         and every update under one mask shares its cached positions in the aggregation)."""
-        cs = self.state.clients[client]
-        return self.submodels.mask(cs.mask_generation, cs.job_density)
+        cl = self.state.clients
+        return self.submodels.mask(int(cl.mask_generation[client]), float(cl.job_density[client]))
 
     # ------------------------------------------------------------------------------------------------
     # Evaluation, restoration and the end of the run
@@ -328,11 +341,11 @@ class Server:
         self.restoration.remember(accuracy, st.weights, st.cache)
         client_scores = {}
         if self.restoration.wants_client_scores:
-            for c, cs in enumerate(st.clients):
-                if cs.score is not None:
-                    client_scores[c], cs.score = cs.score, None
+            scored = np.flatnonzero(~np.isnan(st.clients.score))
+            client_scores = {int(c): float(st.clients.score[c]) for c in scored}
+            st.clients.score[scored] = np.nan
         self._restore(accuracy, client_scores)
-        record = EvalRecord.of(st, self.wall.elapsed(), accuracy, loss, cache_accuracy)
+        record = EvalRecord.of(st, self.classes, self.wall.elapsed(), accuracy, loss, cache_accuracy)
         st.window = SinceEvaluation()
         self.history.append(record)
         return record
@@ -352,15 +365,13 @@ class Server:
         """GMR (spec D): hand a score to restoration and apply what it decides."""
         st = self.state
         self.evaluation.scored(st.now)
-        restored = self.restoration.on_score(st.now, st.round, accuracy, client_scores, st.weights,
-                                             [cs.cycle_times for cs in st.clients])
+        restored = self.restoration.on_score(st.now, st.round, accuracy, client_scores, st.weights, st.clients)
         if restored is None:
             return
         if restored.rollback is not None:
             st.weights, st.cache = restored.rollback
             self._publish(st.round, st.weights)
-        for cs, density in zip(st.clients, restored.densities, strict=True):
-            cs.density = density
+        st.clients.density[:] = restored.densities
 
     def _finish(self) -> EvalRecord:
         self.state.done = True
@@ -377,7 +388,7 @@ class Server:
         was in flight (results are deterministic, so nothing changes)."""
         st = self.state
         self._published = set(self.held_versions())
-        self.trainer.submit([self._job(c) for c in sorted(st.busy) if st.clients[c].status != "waiting"])
+        self.trainer.submit([self._job(c) for c in sorted(st.busy) if st.clients.status[c] != WAITING])
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue the run, but the model versions in `held_versions()` (the caller keeps

@@ -1,6 +1,6 @@
 """The server's state to and from plain Python values and NumPy arrays (what a checkpoint holds: no pickle).
 
-Per-client state goes column-wise, one list per field, which stays compact for a population of thousands.
+Per-client state goes column-wise, one array per field, which stays compact for a population of millions.
 Masks go bit-packed. Keys become text on their way through JSON; decoding accepts either.
 """
 
@@ -13,10 +13,9 @@ import numpy as np
 
 from raypfl.errors import UserError
 from raypfl.fl.masks import pack_mask, unpack_mask
-from raypfl.fl.state import IN_FLIGHT, CachedUpdate, ClientState, ServerState, SinceEvaluation
+from raypfl.fl.state import IDLE, TRAINING, UPLOADING, CachedUpdate, ClientTable, ServerState, SinceEvaluation
 
-FORMAT = 2  # the layout of a snapshot; a checkpoint of another layout is refused with one line
-_CLIENT_FIELDS = tuple(ClientState.__dataclass_fields__)
+FORMAT = 3  # the layout of a snapshot; a checkpoint of another layout is refused with one line
 
 
 def check_format(snap: dict[str, Any]) -> None:
@@ -30,7 +29,7 @@ def encode_state(st: ServerState) -> dict[str, Any]:
     return {
         "weights": st.weights,
         "cache": encode_cache(st.cache),
-        "clients": {name: [getattr(cs, name) for cs in st.clients] for name in _CLIENT_FIELDS},
+        "clients": st.clients.columns(),
         "scalars": {"round": st.round, "now": st.now, "buffer": list(st.buffer), "flush_pending": st.flush_pending,
                     "last_flush": st.last_flush, "bytes_up": st.bytes_up, "bytes_down": st.bytes_down,
                     "updates": st.updates, "done": st.done, "window": asdict(st.window),
@@ -40,14 +39,12 @@ def encode_state(st: ServerState) -> dict[str, Any]:
 
 def decode_state(data: dict[str, Any]) -> ServerState:
     sc = data["scalars"]
-    columns = data["clients"]
-    clients = [ClientState(**{name: plain(columns[name][i]) for name in _CLIENT_FIELDS})
-               for i in range(len(columns["version"]))]
+    clients = ClientTable.from_columns(data["clients"])
     return ServerState(
         weights=dict(data["weights"]), cache=decode_cache(data["cache"]), round=int(sc["round"]),
         now=float(sc["now"]), clients=clients,
-        busy={c for c, cs in enumerate(clients) if cs.status != "idle"},
-        in_flight={c for c, cs in enumerate(clients) if cs.status in IN_FLIGHT},
+        busy=set(np.flatnonzero(clients.status != IDLE).tolist()),
+        in_flight=set(np.flatnonzero(np.isin(clients.status, (TRAINING, UPLOADING))).tolist()),
         buffer=[int(c) for c in sc["buffer"]], flush_pending=bool(sc["flush_pending"]),
         last_flush=float(sc["last_flush"]),
         broadcasts={int(k): [int(c) for c in v] for k, v in sc["broadcasts"].items()},

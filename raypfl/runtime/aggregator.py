@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import ray
 
 from raypfl.config import Config
 from raypfl.fl.jobs import ModelSpec
 from raypfl.fl.server import Server
 from raypfl.runtime.dispatch import ActorPoolTrainer
-from raypfl.sim.heterogeneity import ClientClass
+from raypfl.sim.heterogeneity import ClientClasses
 
 
 class AggregatorActor:
-    def __init__(self, config: dict[str, Any], classes: list[ClientClass], class_index: np.ndarray,
+    def __init__(self, config: dict[str, Any], classes: ClientClasses,
                  model_ref: list[ray.ObjectRef], actors: list[Any], eligible: list[list[int]],
                  load: tuple[ModelSpec, list[ray.ObjectRef], list[ray.ObjectRef]], test_size: int,
                  snapshot: dict[str, Any] | None = None,
@@ -33,7 +32,7 @@ class AggregatorActor:
         # Calls from two callers to one actor are not ordered: a job sent before the driver's load has run would
         # find the actor empty. Waited for, not fetched: a load that failed is the dispatcher's to notice.
         ray.wait(loads, num_returns=len(loads))
-        self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(class_index[client]),
+        self.trainer = ActorPoolTrainer(actors, eligible, lambda client: int(classes.index[client]),
                                         cfg.training.eval_batch_size, test_size, cfg.runtime.queue_depth,
                                         reload=lambda actor: actor.load.remote(spec, data),
                                         max_restarts=cfg.runtime.max_restarts)

@@ -3,6 +3,7 @@ never imports PyTorch) and the aggregator's pilot."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from raypfl.config import Config
 from raypfl.data import Dataset
+from raypfl.data.partition import Parts
 from raypfl.errors import RunFailed
 from raypfl.fl.jobs import ModelSpec
 from raypfl.runtime.aggregator import AggregatorActor
 from raypfl.runtime.client import ClientActor
-from raypfl.sim.heterogeneity import ClientClass, client_classes
+from raypfl.sim.heterogeneity import ClientClass, ClientClasses, client_classes
 
 
 @dataclass
@@ -27,20 +29,23 @@ class Experiment:
 
     cfg: Config
     dataset: Dataset
-    parts: list[np.ndarray]
-    classes: list[ClientClass]  # one per client
-    class_index: np.ndarray  # per client: its position in `class_counts`
+    parts: Parts
+    classes: ClientClasses  # one per client
     class_counts: list[tuple[ClientClass, int]]
     spec: ModelSpec
 
+    @property
+    def class_index(self) -> np.ndarray:
+        """Per client: its position in `class_counts`."""
+        return self.classes.index
 
-def build_experiment(cfg: Config, dataset: Dataset, parts: list[np.ndarray]) -> Experiment:
+
+def build_experiment(cfg: Config, dataset: Dataset, parts: Parts) -> Experiment:
     """Every client's class, and the network the clients train."""
     counts = client_classes(cfg.clients)
     spec = ModelSpec(cfg.model.name, dataset.input_shape, dataset.num_classes,
                      static_bn=cfg.algorithm.width.kind != "none")
-    class_index = np.repeat(np.arange(len(counts), dtype=np.int16), [n for _, n in counts])
-    return Experiment(cfg, dataset, parts, [k for k, n in counts for _ in range(n)], class_index, counts, spec)
+    return Experiment(cfg, dataset, parts, ClientClasses(counts), counts, spec)
 
 
 def create_actors(cfg: Config, options: list[dict[str, Any]], group: Any = None) -> list[Any]:
@@ -135,7 +140,7 @@ class Pilot:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                             soft=False)
         return ray.remote(AggregatorActor).options(**options).remote(
-            cfg.model_dump(mode="json"), self.exp.classes, self.exp.class_index, [self.model], self.actors,
+            cfg.model_dump(mode="json"), self.exp.classes, [self.model], self.actors,
             self.eligible, (self.exp.spec, [self.data], self.loads), len(self.exp.dataset.y_test), self.latest,
             {v: [r] for v, r in self.versions.items()})
 
@@ -188,10 +193,11 @@ class Pilot:
         self.latest = snap
 
     def materialise(self) -> dict[str, Any]:
-        """The newest snapshot with its versions' weights and every fault so far, for a checkpoint on disk."""
+        """The newest snapshot with every fault so far, for a checkpoint on disk; its versions as calls that fetch
+        their weights (a checkpoint writes only the versions it has not written before)."""
         assert self.latest is not None
         return {**self.latest, "faults": [*self.lost_faults, *self.latest.get("faults", [])],
-                "versions": {str(v): ray.get(r) for v, r in self.versions.items()}}
+                "versions": {str(v): functools.partial(ray.get, r) for v, r in self.versions.items()}}
 
     def summary(self) -> dict[str, Any]:
         return ray.get(self.aggregator.summary.remote())

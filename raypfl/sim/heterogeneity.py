@@ -6,6 +6,7 @@ The paper's five classes have initial density 1.0/0.5/0.2/0.1/0.05 with bandwidt
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -94,9 +95,27 @@ def _classes(cfg: ClientsConfig) -> list[tuple[ClientClass, int]]:
     return out
 
 
-def client_profiles(cfg: ClientsConfig) -> list[ClientClass]:
+class ClientClasses(Sequence[ClientClass]):
+    """The class of every client, indexed by client id (client 0 is in the first class): the distinct classes and
+    one small integer per client, so a population of millions costs a byte or two each."""
+
+    def __init__(self, counts: list[tuple[ClientClass, int]]) -> None:
+        self.kinds = [klass for klass, _ in counts]
+        self.index = np.repeat(np.arange(len(counts), dtype=np.int16), [n for _, n in counts])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, client: int) -> ClientClass:  # type: ignore[override]
+        return self.kinds[self.index[client]]
+
+    def __iter__(self) -> Iterator[ClientClass]:
+        return (self.kinds[k] for k in self.index)
+
+
+def client_profiles(cfg: ClientsConfig) -> ClientClasses:
     """The class of every client, indexed by client id (client 0 is in the first class)."""
-    return [klass for klass, count in client_classes(cfg) for _ in range(count)]
+    return ClientClasses(client_classes(cfg))
 
 
 def compute_seconds(cfg: ComputeConfig, klass: ClientClass, density: float, flops_per_round: float) -> float:
