@@ -28,6 +28,7 @@ from raypfl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_SHORT = ["budget.virtual_time_s=240", "budget.eval_samples=500"]
+PAPER_SHORT = ["budget.virtual_time_s=400", "budget.eval_samples=500", "budget.eval_every_s=40"]
 DIGITS_SHORT = ["budget.virtual_time_s=300"]
 
 # name → (config file relative to the repository, or None for the defaults; overrides)
@@ -51,15 +52,29 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
     "digits-fedavg-k3-n30": (None, ["algorithm.name=fedavg", "clients.num_clients=30", "clients.concurrency=3",
                                     *DIGITS_SHORT]),
     "methods_fashion-fjord": ("tune_configs/methods_fashion.yaml", ["algorithm.name=fjord", *FASHION_SHORT]),
-    **{f"reproduce-{name}": ("tune_configs/reproduce_fashion.yaml", [*overrides, *FASHION_SHORT])
+    **{f"prfl_headline-{name}": ("tune_configs/prfl_headline.yaml", [*overrides, *PAPER_SHORT])
        for name, overrides in {
-           "fedgmr": ["algorithm.name=fedgmr"], "fedasync": ["algorithm.name=fedasync"],
-           "fedavg": ["algorithm.name=fedavg"], "fedbuff": ["algorithm.name=fedbuff"],
-           "heterofl": ["algorithm.name=heterofl"], "fedrolex": ["algorithm.name=fedrolex"],
-           "fjord": ["algorithm.name=fjord"],
-           "fedgmr-wo-gmr": ["algorithm.name=fedgmr", "algorithm.recovery.trigger=none"],
-           "gmr-ga": ["algorithm.name=fedgmr", "algorithm.rule=ga"],
-           "gmr-fa": ["algorithm.name=fedgmr", "algorithm.rule=fa"]}.items()},
+           "prfl": ["algorithm.name=prfl"], "fedasync": ["algorithm.name=fedasync"],
+           "fedfix": ["algorithm.name=fedfix"],
+           "heterofl-masks": ["algorithm.name=heterofl", "algorithm.variant=masks"],
+           "fedavg": ["algorithm.name=fedavg"], "fedgmr": ["algorithm.name=fedgmr"]}.items()},
+    **{f"fedgmr_restoration-{name}": ("tune_configs/fedgmr_restoration.yaml", [*overrides, *PAPER_SHORT])
+       for name, overrides in {
+           "fedgmr": ["algorithm.name=fedgmr"], "fjord": ["algorithm.name=fjord"],
+           "gmr-fixed-time": ["algorithm.name=fedgmr", "algorithm.recovery.trigger=time"],
+           "gmr-ga": ["algorithm.name=fedgmr", "algorithm.rule=ga"]}.items()},
+    **{f"configs-{name}": (f"configs/{name}.yaml", overrides) for name, overrides in {
+        "fashion_mnist": FASHION_SHORT, "explicit_classes": DIGITS_SHORT, "concurrency": [],
+        "prfl_fashion": PAPER_SHORT, "fedgmr_fashion": PAPER_SHORT}.items()},
+    "one_minute-fedgmr": ("tune_configs/one_minute.yaml",
+                          ["algorithm.name=fedgmr", "algorithm.recovery.trigger=budget"]),
+    "availability-diurnal-fedbuff": (None, ["algorithm.name=fedbuff", "clients.num_clients=40", "clients.concurrency=8",
+                                            "clients.availability.kind=diurnal", "clients.availability.day_s=300",
+                                            "clients.availability.mean_online_s=30", *DIGITS_SHORT]),
+    "availability-diurnal-fedavg": (None, ["algorithm.name=fedavg", "clients.num_clients=40", "clients.concurrency=8",
+                                           "algorithm.over_selection=0.25", "algorithm.round_deadline_s=40",
+                                           "clients.availability.kind=diurnal", "clients.availability.day_s=300",
+                                           "clients.availability.mean_online_s=30", *DIGITS_SHORT]),
 }
 
 
@@ -70,7 +85,10 @@ def base_tree(path: str | None) -> dict[str, Any]:
     from raypfl.config import read_yaml
 
     tree = read_yaml(ROOT / path)
-    return dict(tree["base"]) if "search_space" in tree or "variants" in tree else tree
+    if "search_space" not in tree and "variants" not in tree:
+        return tree
+    base = tree.get("base", {})
+    return read_yaml((ROOT / path).parent / base) if isinstance(base, str) else dict(base)
 
 
 def fingerprint(result: dict[str, Any]) -> dict[str, Any]:

@@ -47,13 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_cmd_sweep)
 
     compare = sub.add_parser("compare", help="table and plots across runs (run directories or MLflow)")
-    compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories to compare")
+    compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                         help="run directories (or their result.json, or compact summary .json files) to compare")
     compare.add_argument("--experiment", metavar="NAME", help="compare the runs of this MLflow experiment")
     compare.add_argument("--sweep", metavar="NAME_OR_RUN_ID", help="only the trials of this sweep (with --experiment)")
     compare.add_argument("--tracking-uri", metavar="URI",
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    compare.add_argument("--split-by", action="append", default=[], metavar="KEY",
+                         help="also tell run directories apart by this config key, e.g. data.partition.kind")
     compare.add_argument("--by-name", action="store_true",
                          help="group run directories by experiment.name (a sweep's variant) instead of method")
+    compare.add_argument("--baseline", metavar="METHOD",
+                         help="also give each method's speed-up to each target over this one (e.g. fedasync)")
     compare.add_argument("--output", metavar="DIR", default="compare", help="where the table and plots go")
     compare.set_defaults(handler=_cmd_compare)
 
@@ -63,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", nargs="?", help="experiment YAML file (default: the built-in defaults)")
     _add_overrides(show)
     show.set_defaults(handler=_cmd_config_show)
+    ref = config_sub.add_parser("reference", help="print every config key with its default and meaning (Markdown)")
+    ref.set_defaults(handler=_cmd_config_reference)
+
+    trace = sub.add_parser("trace", help="client availability traces (clients.availability)")
+    trace_sub = trace.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gen = trace_sub.add_parser("generate", help="write the availability of a config's clients as a trace file")
+    gen.add_argument("config", nargs="?", help="experiment YAML file (clients.availability: diurnal)")
+    _add_overrides(gen)
+    gen.add_argument("--out", required=True, metavar="CSV", help="trace file to write")
+    gen.add_argument("--until", type=float, metavar="S", help="virtual seconds covered (default: the budget)")
+    gen.set_defaults(handler=_cmd_trace_generate)
+    conv = trace_sub.add_parser("convert-fedscale", help="FedScale's client_behave_trace to a trace file")
+    conv.add_argument("source", help="FedScale's client_behave_trace (pickled; only plain data is read)")
+    conv.add_argument("--out", required=True, metavar="CSV", help="trace file to write")
+    conv.set_defaults(handler=_cmd_trace_convert)
 
     data = sub.add_parser("data", help="inspect datasets and partitions")
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -106,7 +126,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from raypfl.compare import compare_runs, load_mlflow_runs, load_run_dirs
-    from raypfl.tracking import DEFAULT_URI
+    from raypfl.locations import DEFAULT_URI
 
     console = Console()
     if not console.is_terminal:  # piped or captured: room for the whole table rather than 80 columns
@@ -116,11 +136,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.sweep and not args.experiment:
         raise UserError("--sweep needs --experiment")
     if args.run_dirs:
-        compare_runs(load_run_dirs(args.run_dirs, ["variant"] if args.by_name else None), Path(args.output), console)
+        swept = ["variant", *args.split_by] if args.by_name else args.split_by
+        compare_runs(load_run_dirs(args.run_dirs, swept), Path(args.output), console, args.baseline)
         return 0
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     runs, parent = load_mlflow_runs(uri, args.experiment, args.sweep)
-    written = compare_runs(runs, Path(args.output), console)
+    written = compare_runs(runs, Path(args.output), console, args.baseline)
     if parent is not None:
         from mlflow.tracking import MlflowClient
 
@@ -135,6 +156,44 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     from raypfl.config import load_config, to_yaml
 
     print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from raypfl.config_reference import reference
+
+    print(reference(), end="")
+    return 0
+
+
+def _cmd_trace_generate(args: argparse.Namespace) -> int:
+    from raypfl.config import load_config
+    from raypfl.sim.availability import Diurnal, generated_rows, write_trace
+    from raypfl.sim.heterogeneity import client_profiles
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.clients.availability.kind != "diurnal":
+        raise UserError("raypfl trace generate writes a generated trace: set clients.availability.kind=diurnal")
+    classes = client_profiles(cfg.clients)
+    model = Diurnal(cfg.clients.availability, [k.name for k in classes.kinds], classes.index, cfg.experiment.seed)
+    until = args.until or cfg.budget.virtual_time_s
+    path = Path(args.out)
+    if not path.parent.is_dir():
+        raise UserError(f"--out: folder {path.parent} does not exist")
+    rows = write_trace(path, generated_rows(model, cfg.clients.num_clients, until),
+                       comment=f"raypfl diurnal availability, seed {cfg.experiment.seed}, 0-{until:g} virtual s")
+    print(f"{rows:,} online intervals of {cfg.clients.num_clients:,} clients written to {path}")
+    return 0
+
+
+def _cmd_trace_convert(args: argparse.Namespace) -> int:
+    from raypfl.sim.availability import fedscale_intervals, write_trace
+
+    source, path = Path(args.source), Path(args.out)
+    if not source.is_file():
+        raise UserError(f"FedScale trace not found: {source}")
+    rows = write_trace(path, fedscale_intervals(source), comment=f"converted from FedScale's {source.name}")
+    print(f"{rows:,} online intervals written to {path}")
     return 0
 
 

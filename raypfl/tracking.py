@@ -18,11 +18,12 @@ from typing import IO, Any
 
 from raypfl.config import Config, flatten
 from raypfl.errors import RunFailed, UserError
+from raypfl.locations import SQLITE, tracking_uri
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 CHILD_NICENESS = 10  # a TrackerProcess's child yields to Ray's start-up and the client actors
-SUMMARY_METRICS = ("final_accuracy", "best_accuracy", "reported_accuracy", "reported_accuracy_std", "client_updates",
-                   "rounds")
+SUMMARY_METRICS = ("final_accuracy", "best_accuracy", "reported_accuracy", "reported_accuracy_std",
+                   "reported_global_accuracy", "client_updates", "rounds", "dropped_updates", "wasted_client_seconds",
+                   "wasted_bytes")
 EVAL_METRICS = ("accuracy", "loss", "virtual_time_s", "mean_density", "min_density", "bytes_up", "bytes_down",
                 "staleness_mean", "buffer_size", "wall_time_s")
 
@@ -32,17 +33,6 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def tracking_uri(cfg: Config) -> str:
-    """`tracking.uri` overrides `MLFLOW_TRACKING_URI`, which overrides the default SQLite file in the cwd.
-
-    A relative SQLite path is made absolute here: Ray processes (Tune trials above all) run in other folders."""
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        uri = prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
 
 
 def heterogeneity_tag(cfg: Config) -> str:
@@ -57,6 +47,14 @@ def _describe(exc: Exception) -> str:
 
 def bad_uri(cfg: Config, exc: Exception) -> UserError:
     return UserError(f"cannot use the MLflow tracking URI {tracking_uri(cfg)!r}: {_describe(exc)}")
+
+
+def artifact_location(uri: str) -> str | None:
+    """Beside a SQLite store, its artifacts (`mlruns/` next to the database file): MLflow's default is the working
+    directory at the experiment's creation, which inside a Ray job is a temporary copy. Servers keep their own."""
+    if not uri.startswith(SQLITE):
+        return None
+    return (Path(uri[len(SQLITE):]).parent / "mlruns").as_uri()
 
 
 class RunTracker:
@@ -94,7 +92,8 @@ class RunTracker:
         try:
             experiment = client.get_experiment_by_name(cfg.tracking.experiment)
             return (experiment.experiment_id if experiment is not None
-                    else client.create_experiment(cfg.tracking.experiment))
+                    else client.create_experiment(cfg.tracking.experiment,
+                                                  artifact_location=artifact_location(tracking_uri(cfg))))
         except Exception as exc:  # mlflow raises many kinds for a bad URI or an unreachable server
             raise bad_uri(cfg, exc) from None
 
@@ -114,6 +113,10 @@ class RunTracker:
         metrics = [Metric(k, float(record[k]), stamp, int(record["round"])) for k in EVAL_METRICS]
         if record.get("cache_accuracy") is not None:
             metrics.append(Metric("cache_accuracy", float(record["cache_accuracy"]), stamp, int(record["round"])))
+        if record.get("dropped") is not None:  # with availability: dropouts so far, and who is online per class
+            metrics.append(Metric("dropped_updates", float(record["dropped"]), stamp, int(record["round"])))
+            metrics += [Metric(f"online_share_{name}", float(share), stamp, int(record["round"]))
+                        for name, share in record["online_share"].items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_summary(self, result: dict[str, Any]) -> None:
@@ -122,6 +125,8 @@ class RunTracker:
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), stamp, 0) for k in SUMMARY_METRICS]
         metrics.append(Metric("faults", float(len(result.get("faults", []))), stamp, 0))  # the list: result.json
+        metrics += [Metric(f"time_to_{target}", float(t), stamp, 0)
+                    for target, t in result.get("time_to_accuracy", {}).items() if t is not None]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_artifacts(self, paths: list[Path]) -> None:
@@ -173,7 +178,8 @@ class TrackerProcess:
 
     def log_summary(self, result: dict[str, Any]) -> None:
         self._call({"op": "log_summary", "result": {**{k: result[k] for k in SUMMARY_METRICS},
-                                                    "faults": result.get("faults", [])}})
+                                                    "faults": result.get("faults", []),
+                                                    "time_to_accuracy": result.get("time_to_accuracy", {})}})
 
     def log_artifacts(self, paths: list[Path]) -> None:
         self._call({"op": "log_artifacts", "paths": [str(p) for p in paths]})

@@ -23,9 +23,9 @@ from rich.table import Table
 
 from raypfl.config import Config, Section, Text, apply_override, load_config, parse_override, read_yaml, to_yaml
 from raypfl.errors import UserError
+from raypfl.locations import resolve, tracking_uri
 from raypfl.report import reported_accuracy
 from raypfl.runtime.checkpoint import CHECKPOINT
-from raypfl.tracking import tracking_uri
 
 REPORTED = ("accuracy", "loss", "best_accuracy", "final_accuracy", "reported_accuracy", "virtual_time_s",
             "mean_density", "min_density", "bytes_up", "bytes_down", "round")
@@ -155,7 +155,7 @@ class Sweep:
             **({"variant": Domain(grid=list(self.spec.variants))} if self.spec.variants else {}),
             **self.spec.search_space}
         self.name = self.spec.name or self.path.stem
-        self.dir = (Path(self.config.experiment.output_dir) / "sweeps" / self.name).resolve()
+        self.dir = (resolve(self.config, self.config.experiment.output_dir) / "sweeps" / self.name).resolve()
         if self.config.tracking.enabled:  # trials run elsewhere: they get the resolved, absolute URI
             self.base.setdefault("tracking", {})["uri"] = tracking_uri(self.config)
 
@@ -214,10 +214,10 @@ def _trial(params: dict[str, Any], sweep: Sweep, parent_run_id: str | None) -> N
         metrics = {k: record[k] for k in REPORTED if k in record}
         metrics["final_accuracy"] = record["accuracy"]
         metrics["best_accuracy"] = max(r["accuracy"] for r in history)
-        metrics["reported_accuracy"] = reported_accuracy(history, window)["mean"]
+        metrics["reported_accuracy"] = reported_accuracy(history, budget.report_at_s, budget.report_span)["mean"]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved is not None else None)
 
-    window = sweep.trial_config(params).budget.report_window
+    budget = sweep.trial_config(params).budget
     quiet = Console(quiet=True)
     group = ray.util.get_current_placement_group()
     if (run_dir / "config.yaml").is_file():
@@ -225,6 +225,9 @@ def _trial(params: dict[str, Any], sweep: Sweep, parent_run_id: str | None) -> N
     else:
         run_experiment(sweep.trial_config(params), output=run_dir, console=quiet, parent_run_id=parent_run_id,
                        on_eval=report, placement_group=group)
+    # the trial's compact summary beside its siblings', as it finishes (what a reproduction commits)
+    (sweep.dir / "summaries").mkdir(exist_ok=True)
+    shutil.copyfile(run_dir / "summary.json", sweep.dir / "summaries" / f"{run_dir.name}.json")
 
 
 def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool = False,
@@ -250,6 +253,10 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool
     try:
         parent = _ParentRun(sweep, resume) if sweep.config.tracking.enabled else None
         _check_fits(sweep, console)
+        console.print(f"results: {sweep.dir}", soft_wrap=True)
+        if sweep.config.tracking.enabled:
+            console.print(f"MLflow: {tracking_uri(sweep.config)} (experiment {sweep.config.tracking.experiment})",
+                          soft_wrap=True)
         trainable = tune.with_resources(
             tune.with_parameters(_trial, sweep=sweep, parent_run_id=parent.run_id if parent else None),
             resources=lambda params: tune.PlacementGroupFactory(sweep.bundles(params)))

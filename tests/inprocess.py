@@ -24,6 +24,9 @@ class InProcessTrainer:
         for job in jobs:
             self._pending[job.client] = (job, self.versions[job.version])
 
+    def cancel(self, client: int) -> None:
+        self._pending.pop(client, None)
+
     def ready(self, client: int) -> bool:
         return client in self._pending
 

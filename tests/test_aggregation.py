@@ -54,6 +54,18 @@ def test_ga_with_server_lr(masked):
     np.testing.assert_array_equal(new["w"], f32(2.25, 2.25, 5.625, 4))
 
 
+def test_delta_adds_the_clients_own_updates(masked):
+    old, _ = masked
+    # FedBuff: the uploads are updates Δ against each client's own (older) model, not weights: W + 0.5 · Σ λ m Δ / 4
+    # with Δ_0 = [1, 2, ·, ·] (held 0, 1) and Δ_1 = [-1, ·, 2, ·] (held 0, 2):
+    # [0] 1 + 0.5·(1·1 + 3·(-1))/4 = 0.75;  [1] 2 + 0.5·(1·2)/4 = 2.25;  [2] 3 + 0.5·(3·2)/4 = 3.75;  [3] 4
+    updates = [ClientUpdate(0, {"w": f32(1, 2), "n": np.array(9)}, {"w": np.array([1, 1, 0, 0], bool)}, 1.0),
+               ClientUpdate(1, {"w": f32(-1, 2), "n": np.array(11)}, {"w": np.array([1, 0, 1, 0], bool)}, 3.0)]
+    new = aggregate("delta", old, updates, server_lr=0.5)
+    np.testing.assert_array_equal(new["w"], f32(0.75, 2.25, 3.75, 4))
+    assert new["n"] == 7
+
+
 def test_ma_mix(masked):
     old, updates = masked
     # 0.25 · [3.5, 4, 10, 4] + 0.75 · [1, 2, 3, 4] = [1.625, 2.5, 4.75, 4]

@@ -4,6 +4,7 @@ classes placed on the nodes their pools name. The cluster is always stopped, als
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,65 @@ def stacks() -> str:
                 shown = "(py-spy timed out)"
             out.append(f"--- pid {proc.pid}: {command[:100]}\n{shown}")
     return "\n".join(out)
+
+
+def readme_cluster_commands() -> list[str]:
+    """The `ray job submit` commands of the README's "Running on a cluster", continuation lines joined."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Running on a cluster"):text.index("## Troubleshooting")]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = re.sub(r"\s+#.*$", "", " ".join(command.split()))
+            if command.startswith("ray job submit"):
+                commands.append(command)
+    return commands
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("mlflow")
+    env = {**os.environ, "MLFLOW_PORT": "5077", "MLFLOW_DIR": str(folder),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(ROOT / "cluster" / "mlflow_server.sh"), "start"], env=env, check=True, timeout=180,
+                   capture_output=True)
+    try:
+        yield "http://127.0.0.1:5077"
+    finally:
+        subprocess.run([str(ROOT / "cluster" / "mlflow_server.sh"), "stop"], env=env, timeout=60, capture_output=True)
+
+
+def test_the_readme_cluster_commands_work_verbatim(cluster: dict[str, str], mlflow_server: str,
+                                                   tmp_path: Path) -> None:
+    # Run before the node-loss test, which kills the worker node. Only the addresses differ from the README (this
+    # cluster and this MLflow server use ports of their own); results go to the job storage base, as they would
+    # under ~/raypfl_results.
+    from mlflow.tracking import MlflowClient
+
+    commands = readme_cluster_commands()
+    assert [c.split(" -- ", 1)[1].split()[:2] for c in commands] == [["raypfl", "run"], ["raypfl", "sweep"]]
+    env = {**cluster, "RAYPFL_STORAGE": str(tmp_path / "storage")}
+    client = MlflowClient(mlflow_server)
+    for command in commands:
+        command = command.replace("http://127.0.0.1:8265", DASHBOARD).replace("http://127.0.0.1:5000", mlflow_server)
+        command = command.replace("--runtime-env-json '{\"env_vars\": {", "--runtime-env-json '{\"env_vars\": "
+                                  f"{{\"RAYPFL_STORAGE\": \"{tmp_path / 'storage'}\", ")
+        out = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        text = out.stdout + out.stderr
+        assert out.returncode == 0 and "succeeded" in text.lower(), text[-4000:]
+        printed = re.search(r"^results: (\S+)$", text, re.M)
+        assert printed is not None, text[-3000:]
+        place = Path(printed.group(1))
+        assert place.is_relative_to(tmp_path / "storage"), place
+        assert f"MLflow: {mlflow_server}" in text
+        if " run " in command:
+            result = json.loads((place / "result.json").read_text())
+            assert client.get_run(result["mlflow_run_id"]).info.status == "FINISHED"
+        else:
+            assert (place / "summary.json").is_file() and len(list((place / "summaries").glob("*.json"))) == 3
+            parents = [r for r in client.search_runs([client.get_experiment_by_name("raypfl").experiment_id])
+                       if r.data.tags.get("raypfl.sweep") == "one_minute"]
+            assert parents and parents[0].info.status == "FINISHED"
 
 
 def test_a_job_survives_the_loss_of_a_worker_node_with_the_same_history(cluster: dict[str, str],

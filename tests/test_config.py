@@ -81,7 +81,7 @@ def test_explicit_classes() -> None:
         ("experiment.name=a/b", "'experiment.name'"),
         ("data=3", "'data'"),
         ("algorithm.variant=aux", "algorithm.variant 'aux' applies to heterofl, fedrolex, fjord, not to 'fedgmr'"),
-        ("algorithm.variant=fast", "'base', 'aux' or 'aux_gmr'"),
+        ("algorithm.variant=fast", "'base', 'aux', 'aux_gmr' or 'masks'"),
         ("algorithm.width.kind=random", "'algorithm.width.kind'"),
         ("algorithm.width.kind=static", "exclusive"),
         ("clients.placement={d7: pool_a}", "clients.placement names class 'd7'"),
@@ -134,3 +134,11 @@ def test_flatten_gives_dotted_params() -> None:
     flat = flatten(Config())
     assert flat["data.partition.kind"] == "iid"
     assert flat["budget.max_rounds"] == "null"
+
+
+def test_the_configuration_reference_in_docs_is_current() -> None:
+    from raypfl.config_reference import reference
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert page.read_text() == reference(), "regenerate it: raypfl config reference > docs/configuration.md"
+    assert "| `algorithm.rule` | *preset* |" in page.read_text()

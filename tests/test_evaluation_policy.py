@@ -18,18 +18,11 @@ def policy(budget: dict[str, Any] | None = None, algorithm: dict[str, Any] | Non
     return EvaluationPolicy(cfg.budget, cfg.algorithm, cfg.clients)
 
 
-def test_every_k_aggregations() -> None:
+def test_every_k_aggregations_or_on_a_time_grid() -> None:
     p = policy({"eval_every": 4})
-    assert [r for r in range(1, 13) if p.due(r, now=0.0)] == [4, 8, 12]
-
-
-def test_every_s_virtual_seconds_at_the_first_aggregation_after_each_multiple() -> None:
-    p = policy({"eval_every_s": 60.0})
-    assert not p.due(1, now=59.9) and p.due(2, now=61.0)
-    p.evaluated(61.0)
-    assert p.next_at == 120.0 and p.last_score_at == 61.0
-    p.evaluated(250.0)  # a long gap skips the grid points it passed: the next one is 300
-    assert p.next_at == 300.0 and not p.due(9, now=299.0)
+    assert [r for r in range(1, 13) if p.due(r)] == [4, 8, 12] and p.grid is None
+    grid = policy({"eval_every_s": 60.0})
+    assert grid.grid == 60.0 and not any(grid.due(r) for r in range(1, 13))  # grid points are events of their own
 
 
 def test_checks_feed_the_plateau_trigger_min_checks_times_per_budget() -> None:
@@ -47,6 +40,8 @@ def test_checks_feed_the_plateau_trigger_min_checks_times_per_budget() -> None:
     ({"name": "fedgmr", "recovery": {"trigger": "time"}}, False),  # time-only: checks only at its points
     ({"name": "fedgmr", "recovery": {"trigger": "plateau", "min_checks": 0}}, False),
     ({"name": "fedgmr", "recovery": {"trigger": "plateau", "min_checks": 10}}, True),
+    ({"name": "fedgmr"}, False),  # the papers' FedGMR: plateaus on evaluations only
+    ({"name": "fedgmr", "recovery": {"trigger": "budget"}}, True),  # raypfl's: 100 checks per budget
 ])
 def test_no_checks_without_a_plateau_trigger_to_feed(algorithm: dict[str, Any], expected: bool) -> None:
     assert policy({"virtual_time_s": 1000.0}, algorithm).check_due(500.0, time_point_passed=False) is expected
@@ -58,6 +53,7 @@ def test_no_checks_without_a_plateau_trigger_to_feed(algorithm: dict[str, Any], 
     ({"cache_model": True}, {"name": "fedgmr"}, {"num_clients": 10, "concurrency": 5}, True),
     ({"cache_model": False}, {"name": "fedgmr"}, {"num_clients": 10}, False),
     ({"cache_model": False}, {"name": "prfl"}, {"num_clients": 10}, True),  # the cache scope keeps them anyway
+    ({"cache_model": True}, {"name": "fedbuff"}, {"num_clients": 10}, False),  # updates are no models to average
 ])
 def test_which_runs_score_the_fedavg_of_the_latest_uploads(budget: dict[str, Any], algorithm: dict[str, Any],
                                                            clients: dict[str, Any], scored: bool) -> None:
@@ -79,7 +75,7 @@ def test_cache_model_is_the_staleness_weighted_zero_filled_fedavg() -> None:
 
 def test_snapshot_round_trip() -> None:
     p = policy({"eval_every_s": 30.0})
-    p.evaluated(45.0)
+    p.scored(45.0)
     q = policy({"eval_every_s": 30.0})
     q.restore(p.snapshot())
-    assert (q.next_at, q.last_score_at) == (60.0, 45.0)
+    assert q.last_score_at == 45.0

@@ -245,15 +245,21 @@ def test_bad_inputs_stop_before_anything_is_created(argv: list[str], fragment: s
     assert latest_ray_session() == session  # no Ray instance was started
 
 
-def test_inside_a_ray_job_relative_outputs_are_refused(tmp_path: Path, cli: Cli) -> None:
-    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}})}
-    proc = cli("run", "--set", "budget.virtual_time_s=10", cwd=tmp_path, env=job)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "experiment.output_dir" in err and len(err.strip().splitlines()) == 1
-    proc = cli("run", "--set", f"experiment.output_dir={tmp_path / 'runs'}", cwd=tmp_path, env=job)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "MLFLOW_TRACKING_URI" in err and len(err.strip().splitlines()) == 1
-    assert set(tmp_path.iterdir()) == set()
+def test_inside_a_ray_job_relative_outputs_go_to_storage_that_outlives_the_job(tmp_path: Path, cli: Cli) -> None:
+    # As `ray job submit` runs it: the job variable set, the working directory a temporary copy. Relative outputs
+    # and the default MLflow store resolve against $RAYPFL_STORAGE (else ~/raypfl_results), and the run says where.
+    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}}),
+           "RAYPFL_STORAGE": str(tmp_path / "store")}
+    work = tmp_path / "job"
+    work.mkdir()
+    proc = cli("run", "--set", "budget.virtual_time_s=20", "--set", "clients.num_clients=3",
+               "--output", "run1", cwd=work, env=job)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    run_dir = tmp_path / "store" / "run1"
+    assert (run_dir / "result.json").is_file() and (tmp_path / "store" / "mlflow.db").is_file()
+    assert f"results: {run_dir}" in err and f"MLflow: sqlite:///{tmp_path / 'store' / 'mlflow.db'}" in err
+    assert list(work.iterdir()) == []  # nothing left in the job's working directory
 
 
 def test_the_demo_is_announced_only_when_nothing_was_changed(monkeypatch: pytest.MonkeyPatch,

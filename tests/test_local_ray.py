@@ -39,3 +39,21 @@ def test_a_caller_that_asks_for_worker_output_keeps_the_log_monitor() -> None:
                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}).stdout
     started = out.strip().splitlines()[-1]
     assert "'log_monitor'" in started and "'monitor'" not in started and "'dashboard'" not in started
+
+
+def test_a_ray_without_the_hooks_starts_in_full(monkeypatch) -> None:
+    # Another Ray version (inside the supported range) may not have the private hooks: a plain ray.init then.
+    import ray
+    import ray._private.node as node_module
+
+    class OldNode:  # no start_api_server
+        pass
+
+    calls = []
+    monkeypatch.setattr(node_module, "Node", OldNode)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    from raypfl.runtime.local_ray import start_local_ray
+
+    start_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    assert calls == [{"num_cpus": 1, "include_dashboard": False, "log_to_driver": False}]
+    assert node_module.Node is OldNode

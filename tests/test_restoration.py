@@ -38,7 +38,7 @@ def test_clients_of_full_models_have_nothing_to_restore() -> None:
 
 
 def test_a_global_plateau_rolls_back_to_the_best_model_and_rebuilds_masks_from_it() -> None:
-    # PR-FL (spec D.2): patience 1, so scores 0.6, 0.6 arm the trigger; 0.6 sets the best again, 0.6 plateaus:
+    # PR-FL (spec D.2): patience 1, so scores 0.6, 0.59 arm the trigger; 0.58 sets the best again, 0.57 plateaus:
     # the floor steps 0.2 → 0.4 and the model rolls back to the best one remembered (accuracy 0.7, not 0.65).
     r = restoration({"name": "prfl", "pruning": {"balance": False},
                      "recovery": {"patience": 1, "client_trigger": False}}, [0.2, 1.0])
@@ -47,7 +47,7 @@ def test_a_global_plateau_rolls_back_to_the_best_model_and_rebuilds_masks_from_i
     r.remember(0.7, best, cache)
     r.remember(0.65, WEIGHTS, {})
     r.rebuild(WEIGHTS, [0.2, 1.0], 0)
-    outcomes = [r.on_score(10.0 * k, k, 0.6, {}, WEIGHTS, cycles([1.0], [1.0])) for k in range(1, 5)]
+    outcomes = [r.on_score(10.0 * k, k, 0.61 - 0.01 * k, {}, WEIGHTS, cycles([1.0], [1.0])) for k in range(1, 5)]
     assert [o.rollback is not None for o in outcomes] == [False, False, False, True]
     assert outcomes[-1].densities == [0.4, 1.0]
     rolled_weights, rolled_cache = outcomes[-1].rollback
@@ -100,7 +100,7 @@ def test_snapshot_round_trips_through_a_checkpoint_and_continues_identically(tmp
     r.remember(0.7, WEIGHTS, {1: CachedUpdate(3, {"w": WEIGHTS["w"][:4]}, {"w": WEIGHTS["w"] > 0.6}, 10)})
     r.rebuild(WEIGHTS, [0.2, 1.0], 0)
     for k in range(1, 3):
-        r.on_score(10.0 * k, k, 0.6, {}, WEIGHTS, cycles([1.0], [1.0]))
+        r.on_score(10.0 * k, k, 0.61 - 0.01 * k, {}, WEIGHTS, cycles([1.0], [1.0]))
     save_checkpoint(tmp_path / "r.npz", {"format": FORMAT, "restoration": r.snapshot()})
     copy = restoration(algorithm, [0.2, 1.0])
     copy.restore(load_checkpoint(tmp_path / "r.npz")["restoration"])
@@ -108,5 +108,24 @@ def test_snapshot_round_trips_through_a_checkpoint_and_continues_identically(tmp
     np.testing.assert_array_equal(copy.best[2][1].mask["w"], WEIGHTS["w"] > 0.6)
     table = cycles([1.0], [1.0])
     rest = [(o.densities, o.rollback is not None)
-            for o in (x.on_score(10.0 * k, k, 0.6, {}, WEIGHTS, table) for x in (r, copy) for k in (3, 4))]
+            for o in (x.on_score(10.0 * k, k, 0.61 - 0.01 * k, {}, WEIGHTS, table) for x in (r, copy) for k in (3, 4))]
     assert rest[:2] == rest[2:] and rest[1] == ([0.4, 1.0], True)
+
+
+def test_client_scores_after_local_rounds_1_every_plus_1_and_five_times_rarer_at_the_end_stage() -> None:
+    paper = restoration({"name": "fedgmr", "recovery": {"client_eval_every": 25}}, [1.0, 0.5])
+    assert [k for k in range(1, 80) if paper.scores_round(k)] == [1, 26, 51, 76]
+    raypfl = restoration({"name": "fedgmr", "recovery": {"client_eval_every": 25, "client_eval_first": False}},
+                         [1.0, 0.5])
+    assert [k for k in range(1, 80) if raypfl.scores_round(k)] == [25, 50, 75]
+    paper.schedule.densities = [1.0, 1.0]  # every client at density 1: every 125 local rounds
+    assert [k for k in range(1, 300) if paper.scores_round(k)] == [1, 126, 251]
+    assert not restoration({"name": "fedgmr", "recovery": {"client_trigger": False}}, [1.0, 0.5]).scores_round(1)
+
+
+def test_the_global_detector_is_fed_the_fedavg_of_the_uploads_until_every_client_is_restored() -> None:
+    r = restoration({"name": "fedgmr"}, [1.0, 0.5])  # spec D.1: cache_until_full
+    assert r.global_score(0.6, 0.8) == 0.8 and r.global_score(0.6, None) == 0.6
+    r.schedule.densities = [1.0, 0.995]
+    assert r.global_score(0.6, 0.8) == 0.6
+    assert restoration({"name": "prfl"}, [1.0, 0.5]).global_score(0.6, 0.8) == 0.6

@@ -1,5 +1,6 @@
 """The pure server loop on a hand-checkable timeline, with a fake trainer (no Ray, no torch)."""
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ class FakeTrainer:
         self.versions: dict[int, Weights] = {}
         self.pending: dict[int, TrainJob] = {}
         self.submitted: list[tuple[int, int, int]] = []
+        self.cancelled: list[int] = []
 
     def publish(self, version: int, weights: Weights) -> None:
         self.versions[version] = weights
@@ -41,6 +43,10 @@ class FakeTrainer:
             assert job.version in self.versions
             self.pending[job.client] = job
             self.submitted.append((job.client, job.version, job.cycle))
+
+    def cancel(self, client: int) -> None:
+        self.pending.pop(client, None)
+        self.cancelled.append(client)
 
     def ready(self, client: int) -> bool:
         return True
@@ -75,10 +81,14 @@ def make_server(cfg: Config, trainer: FakeTrainer | None = None) -> Server:
 
 
 def run_all(server: Server, most: int = 100_000) -> list[dict[str, Any]]:
+    """Every evaluation of a run; the end of the budget repeats the last one when it fell there, and is dropped
+    then, as the driver does."""
     records = [server.run_until_eval().as_dict()]
     while not server.done:
         assert len(records) < most, f"the run did not end within {most} evaluations"
-        records.append(server.run_until_eval().as_dict())
+        record = server.run_until_eval().as_dict()
+        if (record["round"], record["virtual_time_s"]) != (records[-1]["round"], records[-1]["virtual_time_s"]):
+            records.append(record)
     return records
 
 
@@ -221,8 +231,9 @@ def test_clients_train_nested_masks_of_their_density() -> None:
 def test_plateau_restores_densities_and_logs_every_change() -> None:
     # A global accuracy that never improves: the first plateau arms the trigger, the next ones step the floor
     # up the ladder of class densities, and every raised client is logged.
+    falling = itertools.count()  # a score identical to the previous one would be no news (spec D.1)
     server = pruned_server(ims=True, recovery={"trigger": "plateau", "patience": 1, "client_trigger": False},
-                           evaluator=lambda w, limit=None: (0.5, 1.0))
+                           evaluator=lambda w, limit=None: (0.5 - 1e-4 * next(falling), 1.0))
     records = run_all(server)
     log = server.density_log
     floors = [(c["old"], c["new"]) for c in log if c["client"] == -1]
@@ -233,10 +244,14 @@ def test_plateau_restores_densities_and_logs_every_change() -> None:
     assert all(r["min_density"] == min(r["densities"]) for r in records)
 
 
-def test_client_trigger_scores_a_client_after_every_client_eval_every_local_rounds() -> None:
-    # Scored after local rounds 3, 6, ... of each client (cycles 2, 5, ...), never after its first: with few
-    # clients in flight at once, most jobs are a client's first, and one score cannot make a plateau.
-    server = pruned_server(ims=True, recovery={"trigger": "plateau", "client_trigger": True, "client_eval_every": 3})
+@pytest.mark.parametrize(("first", "scored_cycle"), [(False, lambda c: (c + 1) % 3 == 0),
+                                                      (True, lambda c: c % 3 == 0)])
+def test_client_trigger_scores_a_client_after_every_client_eval_every_local_rounds(first: bool,
+                                                                                   scored_cycle: Any) -> None:
+    # raypfl's rule: scored after local rounds 3, 6, ... of each client (cycles 2, 5, ...), never after its first;
+    # the papers' (client_eval_first): after local rounds 1, 4, 7, ... (cycles 0, 3, 6, ...)
+    server = pruned_server(ims=True, recovery={"trigger": "plateau", "client_trigger": True, "client_eval_every": 3,
+                                               "client_eval_first": first})
     scored: list[tuple[int, bool]] = []
     submit = server.trainer.submit
 
@@ -247,5 +262,26 @@ def test_client_trigger_scores_a_client_after_every_client_eval_every_local_roun
     server.trainer.submit = record  # type: ignore[method-assign]
     run_all(server)
     assert max(cycle for cycle, _ in scored) >= 5
-    assert all(score == ((cycle + 1) % 3 == 0) for cycle, score in scored)
+    assert all(score == scored_cycle(cycle) for cycle, score in scored)
     assert any(score for _, score in scored)
+
+
+def test_every_method_is_evaluated_on_the_same_virtual_time_grid() -> None:
+    # FedAvg's rounds end at 186.5 and 373.5 s (the weak client's): on a 50 s grid it is still evaluated at 50,
+    # 100, ..., 400 s, each time on the latest model (round 0 until 186.5, round 1 until 373.5); FedAsync likewise
+    for algorithm in ({"name": "fedavg"}, {"name": "fedasync"}):
+        cfg = make_config([STRONG, WEAK], algorithm, budget_s=400.0)
+        cfg.budget.eval_every_s = 50.0
+        records = run_all(make_server(cfg))
+        assert [r["virtual_time_s"] for r in records] == [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0]
+        if algorithm["name"] == "fedavg":
+            assert [r["round"] for r in records] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+
+
+def test_fedbuff_clients_upload_their_update_against_the_model_they_trained_from() -> None:
+    trainer = FakeTrainer()
+    make_server(make_config([STRONG, WEAK], {"name": "fedbuff"}, budget_s=50.0), trainer).run_until_eval()
+    assert all(job.delta for job in trainer.pending.values())
+    trainer = FakeTrainer()
+    make_server(make_config([STRONG, WEAK], {"name": "fedavg"}, budget_s=50.0), trainer).run_until_eval()
+    assert not any(job.delta for job in trainer.pending.values())

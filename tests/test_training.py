@@ -121,6 +121,22 @@ def test_same_job_gives_the_same_result(trainer: ClientTrainer) -> None:
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights) and a.loss == b.loss
 
 
+def test_a_delta_job_uploads_its_update_against_the_model_it_trained_from(trainer: ClientTrainer) -> None:
+    weights = to_numpy(SPEC.build())
+    whole = trainer.train(TrainJob(1, 0, 3, None, 0.1, 4), weights)
+    delta = trainer.train(TrainJob(1, 0, 3, None, 0.1, 4, delta=True), weights)
+    for key, w in weights.items():
+        expected = whole.weights[key] - w if np.issubdtype(w.dtype, np.floating) else whole.weights[key]
+        np.testing.assert_array_equal(delta.weights[key], expected, err_msg=key)
+    keep = {"features.0.weight": np.arange(weights["features.0.weight"].size).reshape(
+        weights["features.0.weight"].shape) % 3 == 0}
+    masked_whole = trainer.train(TrainJob(1, 0, 3, keep, 0.1, 4), weights)
+    masked = trainer.train(TrainJob(1, 0, 3, keep, 0.1, 4, delta=True), weights)
+    held = weights["features.0.weight"][keep["features.0.weight"]]
+    np.testing.assert_array_equal(masked.weights["features.0.weight"],
+                                  masked_whole.weights["features.0.weight"] - held)  # compact: held values only
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_squared_gradients_for_prunable_layers(trainer: ClientTrainer, masked: bool) -> None:
     # PR-FL's importance: (∇W)² · n_samples of the last local step (not the first: the weights moved in between),

@@ -6,6 +6,8 @@ Per floating-point key, with m_i the client's explicit mask (all ones where abse
 * ``ma_mix`` W = mix · W_ma + (1 − mix) · W_old.
 * ``fa``     zero-filled FedAvg: W = Σ λ_i m_i w_i / Σ λ_i (pruned entries count as 0).
 * ``ga``     update averaging: W = W_old + η Σ λ_i m_i (w_i − W_old) / Σ λ_i, η = server_lr.
+* ``delta``  FedBuff: the updates are the clients' own deltas Δ_i = w_i − W_{v_i} (against the model each trained
+             from, computed by the client): W = W_old + η Σ λ_i m_i Δ_i / Σ λ_i.
 
 A masked tensor of an update may come dense (its shape; entries outside the mask are never read) or compact:
 the held values only, in the mask's C order (`compact`), so an upload costs memory ∝ its density.
@@ -32,7 +34,7 @@ import numpy as np
 
 from raypfl.fl.jobs import Mask, Weights
 
-Rule = Literal["ma", "ma_mix", "fa", "ga"]
+Rule = Literal["ma", "ma_mix", "fa", "ga", "delta"]
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix:
         target = out.reshape(-1)[lo:hi]
         if rule == "fa":
             np.divide(sums.num, np.float32(total), out=target)
-        elif rule == "ga":  # base + num · (η / Σλ), the product rounded first
+        elif rule in ("ga", "delta"):  # base + num · (η / Σλ), the product rounded first
             np.multiply(sums.num, np.float32(server_lr / total), out=target)
             np.add(sums.base, target, out=target)
         else:

@@ -16,10 +16,11 @@ CACHE_VERSION = -1  # the version the FedAvg-of-cache model is evaluated under
 
 
 class EvaluationPolicy:
-    """Evaluations come every `budget.eval_every` aggregations, or at the first aggregation after every
-    `budget.eval_every_s` virtual seconds. Between them, the recovery schedule may ask for a cheap check (the global
-    model scored, not recorded): when evaluations are too sparse to feed the global plateau trigger
-    `recovery.min_checks` times per budget, or when a point of its time schedule has passed."""
+    """Evaluations come every `budget.eval_every` aggregations, or, with `budget.eval_every_s`, at every multiple of
+    that many virtual seconds, on the latest global model (the server schedules those as events: every method is
+    evaluated on the same grid, synchronous ones included). Between evaluations, the recovery schedule may ask for
+    a cheap check (the global model scored, not recorded): when evaluations are too sparse to feed the global
+    plateau trigger `recovery.min_checks` times per budget, or when a point of its time schedule has passed."""
 
     def __init__(self, budget: BudgetConfig, alg: AlgorithmConfig, clients: ClientsConfig) -> None:
         self.budget = budget
@@ -28,9 +29,9 @@ class EvaluationPolicy:
         cache_model = budget.cache_model
         if cache_model is None:  # every client's latest upload costs memory ∝ the population: kept by default only
             cache_model = clients.concurrency is None  # when every client takes part
-        # the cache scope (PR-FL) keeps the latest uploads anyway: their FedAvg is scored then too
-        self.scores_cache_model = alg.scope == "cache" or cache_model
-        self.next_at = budget.eval_every_s or 0.0  # with `eval_every_s`: the virtual time of the next evaluation
+        # the cache scope (PR-FL) keeps the latest uploads anyway: their FedAvg is scored then too; uploads that are
+        # updates (the delta rule) are no models to average
+        self.scores_cache_model = (alg.scope == "cache" or cache_model) and alg.rule != "delta"
         self.last_score_at = 0.0  # the last evaluation or check that fed the recovery schedule
 
     @property
@@ -38,16 +39,14 @@ class EvaluationPolicy:
         """Test samples per evaluation (None: all)."""
         return self.budget.eval_samples
 
-    def due(self, round_: int, now: float) -> bool:
-        if self.budget.eval_every_s is None:
-            return round_ % self.budget.eval_every == 0
-        return now >= self.next_at
+    @property
+    def grid(self) -> float | None:
+        """The evaluation grid's step in virtual seconds, when evaluations are on a time grid."""
+        return self.budget.eval_every_s
 
-    def evaluated(self, now: float) -> None:
-        interval = self.budget.eval_every_s
-        if interval is not None:
-            self.next_at = (int(now // interval) + 1) * interval
-        self.scored(now)
+    def due(self, round_: int) -> bool:
+        """An evaluation after aggregation `round_` (evaluations on a time grid are events of their own)."""
+        return self.grid is None and round_ % self.budget.eval_every == 0
 
     def scored(self, now: float) -> None:
         """The recovery schedule was fed a score at `now`."""
@@ -59,10 +58,10 @@ class EvaluationPolicy:
             return False
         if time_point_passed:
             return True
-        rec = self.recovery
-        if rec.trigger not in ("plateau", "mixed") or not rec.min_checks:
+        checks = self.recovery.checks_per_budget
+        if not self.recovery.has_plateaus or not checks:
             return False
-        return now - self.last_score_at >= self.budget.virtual_time_s / rec.min_checks
+        return now - self.last_score_at >= self.budget.virtual_time_s / checks
 
     def cache_model(self, weights: Weights, cache: dict[int, CachedUpdate], staleness: Staleness,
                     round_: int) -> Weights | None:
@@ -75,10 +74,9 @@ class EvaluationPolicy:
         return aggregate("fa", weights, updates)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"next_at": self.next_at, "last_score_at": self.last_score_at}
+        return {"last_score_at": self.last_score_at}
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.next_at = float(data["next_at"])
         self.last_score_at = float(data["last_score_at"])
 
 

@@ -49,6 +49,7 @@ class TrainJob:
     od_widths: tuple[float, ...] = ()  # FjORD's ordered dropout: the width p of each local step, cycled
     mask_key: MaskKey | None = None
     score_samples: int | None = None  # also score the trained model on this many test samples (GMR's client trigger)
+    delta: bool = False  # upload the update w − W_v instead of the trained weights (FedBuff's rule)
     needed_at: float = 0.0  # virtual time its result may first be aggregated: trainers run these first
 
 
@@ -77,6 +78,9 @@ class Trainer(Protocol):
         """The server needs the version no more (jobs already given it keep it until they are collected)."""
 
     def submit(self, jobs: list[TrainJob]) -> None: ...
+
+    def cancel(self, client: int) -> None:
+        """The client dropped out: its job need not run, and its result is not collected."""
 
     def ready(self, client: int) -> bool: ...
 

@@ -30,11 +30,12 @@ class Restored:
 
 
 class Restoration:
-    def __init__(self, alg: AlgorithmConfig, initial: Sequence[float], budget_s: float, facts: ModelFacts,
+    def __init__(self, alg: AlgorithmConfig, initial: Sequence[float], schedule_s: float, facts: ModelFacts,
                  local_steps: int) -> None:
+        """`schedule_s`: the length of the time schedule (`RecoveryConfig.schedule_length`)."""
         self.alg = alg
         # clients of full models have nothing to restore: no per-client schedule for them (a population of millions)
-        self.schedule = RecoveryScheduler(alg.recovery, initial, budget_s) if alg.sub_models else None
+        self.schedule = RecoveryScheduler(alg.recovery, initial, schedule_s) if alg.sub_models else None
         self.submodels: SubModels | WidthSubModels = make_submodels(alg.pruning, alg.width, facts, local_steps)
         self.best: tuple[float, Weights, dict[int, CachedUpdate]] | None = None  # for PR-FL's rollback
         self.log: list[dict[str, Any]] = []  # every density change, as result.json lists them
@@ -48,7 +49,26 @@ class Restoration:
     @property
     def wants_client_scores(self) -> bool:
         rec = self.alg.recovery
-        return self.active and rec.trigger in ("plateau", "mixed") and rec.client_trigger
+        return self.active and rec.has_plateaus and rec.client_trigger
+
+    def scores_round(self, local_round: int) -> bool:
+        """Whether a client's `local_round`-th round (1, 2, ...) is scored for its plateau trigger: rounds 1,
+        every + 1, ... (spec D.1; or every, 2·every, ... without `client_eval_first`), five times rarer once every
+        client is at density 1."""
+        if not self.wants_client_scores:
+            return False
+        rec = self.alg.recovery
+        assert self.schedule is not None
+        every = rec.client_eval_every * (5 if self.schedule.end_stage else 1)
+        return local_round % every == (1 % every if rec.client_eval_first else 0)
+
+    def global_score(self, accuracy: float, cache_accuracy: float | None) -> float:
+        """What the global plateau detector is fed (spec D.1: the FedAvg of the latest uploads' accuracy while some
+        client is below density 0.99, with `global_score: cache_until_full`)."""
+        if self.alg.recovery.global_score == "cache_until_full" and cache_accuracy is not None and \
+                self.schedule is not None and min(self.schedule.densities) < 0.99:
+            return cache_accuracy
+        return accuracy
 
     def wants_check(self, now: float) -> bool:
         """A point of the time schedule has passed and waits to be applied."""

@@ -18,6 +18,7 @@ an upload is kept only until it is aggregated (or, for the cache scope, as its h
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -25,11 +26,13 @@ import numpy as np
 from raypfl.config import Config
 from raypfl.fl.aggregation import aggregate, expand
 from raypfl.fl.distribution import Sizes, plan_broadcast
+from raypfl.fl.dropouts import Dropouts
 from raypfl.fl.evaluation import CACHE_VERSION, EvaluationPolicy
 from raypfl.fl.jobs import Mask, Trainer, TrainJob, TrainResult, Weights
 from raypfl.fl.participation import Participation
+from raypfl.fl.presence import Presence
 from raypfl.fl.restoration import Restoration
-from raypfl.fl.snapshot import FORMAT, decode_state, encode_state
+from raypfl.fl.snapshot import restore_snapshot, take_snapshot
 from raypfl.fl.staleness import Staleness, StalenessLedger, weigh
 from raypfl.fl.state import (
     BUFFERED,
@@ -51,12 +54,13 @@ from raypfl.sim.clock import MB, EventQueue, SharedUplink
 from raypfl.sim.heterogeneity import BandwidthNoise, ClientClasses, compute_seconds
 from raypfl.sim.realtime import WallClock
 
-# Event ranks at equal times: uploads start before broadcasts are dispatched, flushes come last so that
-# every arrival at the flush time is still admitted (spec H.9: admit iff R_i ≤ T_agg).
-_UPLOAD, _BROADCAST, _FLUSH = 0, 1, 2
+# Event ranks at equal times: uploads start before broadcasts are dispatched, flushes come after them so that
+# every arrival at the flush time is still admitted (spec H.9: admit iff R_i ≤ T_agg), and an evaluation on the
+# time grid sees every aggregation made by its time.
+_UPLOAD, _BROADCAST, _FLUSH, _EVALUATE = 0, 1, 2, 3
 
 
-class Server:
+class Server(Dropouts):
     """Owns the global model, the virtual clock and the buffer; asks the evaluation policy when to evaluate and
     restoration what densities and sub-models the clients train."""
 
@@ -70,7 +74,7 @@ class Server:
         self.sizes = sizes
         self.facts = facts
         self.trainer = trainer
-        self.trigger = make_trigger(self.alg)
+        self.trigger = make_trigger(self.alg, cfg.clients.concurrency or cfg.clients.num_clients)
         s = self.alg.staleness
         self.staleness = Staleness(s.kind, s.a, s.b)
         net = cfg.network
@@ -79,6 +83,7 @@ class Server:
         always = self.alg.reference_clients if self.alg.trigger == "reference_window" else ()
         self.participation = Participation(cfg.clients.num_clients, cfg.clients.concurrency, cfg.experiment.seed,
                                            always)
+        self.presence = Presence(cfg.clients, classes, cfg.experiment.seed)
         initial = np.array([k.density for k in classes.kinds])[classes.index] if self.alg.sub_models else \
             np.ones(len(classes))
         self.state = ServerState(weights=weights, clients=ClientTable(initial, self.alg.pruning.balance))
@@ -86,8 +91,8 @@ class Server:
         self.uplink = SharedUplink(net.server_down_mbps * self.noise.server(0)[1])
         self.ledger = StalenessLedger()
         self.evaluation = EvaluationPolicy(cfg.budget, self.alg, cfg.clients)
-        self.restoration = Restoration(self.alg, initial.tolist(), cfg.budget.virtual_time_s, facts,
-                                       cfg.training.local_steps)
+        schedule_s = self.alg.recovery.schedule_length(cfg.data.dataset, cfg.budget.virtual_time_s)
+        self.restoration = Restoration(self.alg, initial.tolist(), schedule_s, facts, cfg.training.local_steps)
         self.submodels = self.restoration.submodels
         self.history: list[EvalRecord] = []
         self._published: set[int] = set()
@@ -107,7 +112,9 @@ class Server:
             if not self.history and self.state.round == 0 and not self.state.busy:
                 self._publish(0, self.state.weights)
                 self.restoration.rebuild(self.state.weights, self.state.clients.density, 0)
-                self._dispatch(0.0, self.participation.initial())
+                self._dispatch(0.0, self._first_clients())
+                if self.evaluation.grid is not None:
+                    self.queue.push(self.evaluation.grid, "evaluate", _EVALUATE)
                 if self.cfg.budget.eval_at_start:
                     return self._evaluate()
             else:
@@ -160,11 +167,17 @@ class Server:
         self.uplink.advance(event.time)
         self.state.now = event.time
         if event.kind == "upload":
-            self._start_upload(event.client)
+            self._start_upload(event.client, event.time)
             return None
+        if event.kind in ("drop", "online", "retry", "deadline"):
+            return self._presence_event(event.kind, event.client, event.round, event.time)
         if event.kind == "broadcast":
             self._broadcast(event.round, self.state.broadcasts.pop(event.round))
             return None
+        if event.kind == "evaluate":
+            assert self.evaluation.grid is not None
+            self.queue.push(self.state.now + self.evaluation.grid, "evaluate", _EVALUATE)
+            return self._evaluate()
         return self._flush()
 
     def _broadcast(self, round_: int, released: list[int]) -> None:
@@ -174,10 +187,13 @@ class Server:
             st.clients.status[c] = IDLE
             st.busy.discard(c)
         if self.alg.trigger == "synchronous":
-            clients = self.participation.round_sample(round_)
-        else:
-            clients = self.participation.refill(round_, released, st.busy)
+            self._start_round(round_)
+            return
+        online = None if self.presence.always else self._online_now
+        clients = self.participation.refill(round_, released, st.busy, online)
         self._dispatch(st.now, clients)
+        if online is not None:
+            self._missing(released, clients)
 
     def _dispatch(self, now: float, clients: list[int]) -> None:
         """Send sub-models to `clients` (as increments with IMS); each downloads, trains, then uploads."""
@@ -191,7 +207,6 @@ class Server:
                               {c: self.classes[c].download_mbps * links[c][0] for c in clients}, server_up,
                               self.alg.ims)
         st.bytes_down += int(round(plan.egress_mb * MB))
-        every = self.alg.recovery.client_eval_every
         jobs = []
         for client in clients:
             klass = self.classes[client]
@@ -203,14 +218,19 @@ class Server:
             cl.job_density[client], cl.mask_generation[client] = density, self.submodels.current
             cl.upload_mb[client] = self.sizes.megabytes(density)
             cl.upload_rate[client] = klass.upload_mbps * links[client][1]
-            # Spec D.1 scores a client's rounds 1, every + 1, ...; round 1's score only sets a baseline that round
-            # every + 1's almost always beats, and with few clients in flight nearly every job is a client's first:
-            # raypfl scores rounds every, 2·every, ...
-            cl.scoring[client] = self.restoration.wants_client_scores and (cl.cycle[client] + 1) % every == 0
+            cl.scoring[client] = self.restoration.scores_round(int(cl.cycle[client]) + 1)
             st.busy.add(client)
             st.in_flight.add(client)
             self.queue.push(ends, "upload", _UPLOAD, client=client)
-            jobs.append(self._job(client))
+            offline = self.presence.offline_at(client, now)
+            cl.offline_at[client] = offline
+            # a job that ends offline before its result could be aggregated is never trained
+            cl.doomed[client] = offline <= self._needed_at(client)
+            if offline < math.inf:
+                self.queue.push(offline, "drop", _UPLOAD, client=client)
+            st.absent.discard(client)
+            if not cl.doomed[client]:
+                jobs.append(self._job(client))
         self.trainer.submit(jobs)
 
     def _job(self, client: int) -> TrainJob:
@@ -224,7 +244,7 @@ class Server:
                         sliced=self.submodels.sliced, od_widths=self.submodels.od_widths(key[1]),
                         mask_key=key if key[1] < 1.0 else None,
                         score_samples=self.alg.recovery.client_eval_samples if cl.scoring[client] else None,
-                        needed_at=self._needed_at(client))
+                        needed_at=self._needed_at(client), delta=self.alg.rule == "delta")
 
     def _needed_at(self, client: int) -> float:
         """The earliest virtual time a job's result can be aggregated: its upload's end at the client's own rate
@@ -237,13 +257,15 @@ class Server:
             return ends
         return ends + float(cl.upload_mb[client]) / rate
 
-    def _start_upload(self, client: int) -> None:
+    def _start_upload(self, client: int, due: float) -> None:
+        cl = self.state.clients
+        if cl.status[client] != TRAINING or due < cl.training_ends[client]:
+            return  # the job was dropped (its client went offline) and maybe dispatched again since
         if self.cfg.runtime.mode == "realtime" and not self.trainer.ready(client):
             # The device is physically late: retry a wall-clock moment later (results are then not
             # deterministic, by design of the realtime mode).
             self.queue.push(self.state.now + self.wall.quantum, "upload", _UPLOAD, client=client)
             return
-        cl = self.state.clients
         cl.status[client] = UPLOADING
         self.uplink.start(client, float(cl.upload_mb[client]), float(cl.upload_rate[client]))
 
@@ -259,7 +281,7 @@ class Server:
         st.buffer.append(client)
         if st.flush_pending:
             return
-        when = self.trigger.flush_time(st.now, client, st.buffer, st.in_flight, st.last_flush)
+        when = self.trigger.flush_time(st.now, client, st.buffer, st.in_flight, st.last_flush, st.absent)
         if when is not None:
             st.flush_pending = True
             self.queue.push(when, "flush", _FLUSH)
@@ -268,6 +290,9 @@ class Server:
         self.wall.mark_round()
         st = self.state
         buffer, st.buffer, st.flush_pending, st.last_flush = sorted(st.buffer), [], False, st.now
+        if self.alg.trigger == "synchronous":  # over-selected or past the deadline: the round's stragglers
+            for client in sorted(st.in_flight):
+                self._drop(client)
         results = self.trainer.collect(buffer)
         st.weights = self._aggregate([results[c] for c in buffer])
         st.round += 1
@@ -281,7 +306,7 @@ class Server:
         max_rounds = self.cfg.budget.max_rounds
         if max_rounds is not None and st.round >= max_rounds:
             return self._finish()
-        if self.evaluation.due(st.round, st.now):
+        if self.evaluation.due(st.round):
             return self._evaluate()
         if self.evaluation.check_due(st.now, self.restoration.wants_check(st.now)):
             accuracy, _ = self.trainer.evaluate(st.round, limit=self.evaluation.samples)
@@ -335,7 +360,6 @@ class Server:
 
     def _evaluate(self) -> EvalRecord:
         st = self.state
-        self.evaluation.evaluated(st.now)
         accuracy, loss = self.trainer.evaluate(st.round, limit=self.evaluation.samples)
         cache_accuracy = self._cache_accuracy()
         self.restoration.remember(accuracy, st.weights, st.cache)
@@ -344,8 +368,10 @@ class Server:
             scored = np.flatnonzero(~np.isnan(st.clients.score))
             client_scores = {int(c): float(st.clients.score[c]) for c in scored}
             st.clients.score[scored] = np.nan
-        self._restore(accuracy, client_scores)
+        self._restore(self.restoration.global_score(accuracy, cache_accuracy), client_scores)
         record = EvalRecord.of(st, self.classes, self.wall.elapsed(), accuracy, loss, cache_accuracy)
+        if not self.presence.always:
+            record.dropped, record.online_share = st.dropped, self.presence.online_share(st.now)
         st.window = SinceEvaluation()
         self.history.append(record)
         return record
@@ -388,33 +414,16 @@ class Server:
         was in flight (results are deterministic, so nothing changes)."""
         st = self.state
         self._published = set(self.held_versions())
-        self.trainer.submit([self._job(c) for c in sorted(st.busy) if st.clients.status[c] != WAITING])
+        self.trainer.submit([self._job(c) for c in sorted(st.busy)
+                             if st.clients.status[c] != WAITING and not st.clients.doomed[c]])
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue the run, but the model versions in `held_versions()` (the caller keeps
         those): plain Python values and numpy arrays only (`raypfl.fl.snapshot`)."""
-        return {
-            "format": FORMAT,
-            **encode_state(self.state),
-            "wall_time_s": self.wall.elapsed(),
-            "queue": self.queue.snapshot(),
-            "uplink": self.uplink.snapshot(),
-            "ledger": self.ledger.snapshot(),
-            "evaluation": self.evaluation.snapshot(),
-            "restoration": self.restoration.snapshot(),
-            "history": [r.as_dict() for r in self.history],
-            "held_versions": self.held_versions(),
-        }
+        return take_snapshot(self)
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a snapshot taken by `snapshot` (into a Server built from the same config); the trainer must hold
         the snapshot's `held_versions` before the run continues."""
-        self.state = decode_state(snap)
-        self.queue = EventQueue.restore(snap["queue"])
-        self.uplink = SharedUplink.restore(snap["uplink"])
-        self.ledger = StalenessLedger.restore(snap["ledger"])
-        self.evaluation.restore(snap["evaluation"])
-        self.restoration.restore(snap["restoration"])
-        self.history = [EvalRecord(**r) for r in snap["history"]]
-        self.wall.offset = float(snap["wall_time_s"])
+        restore_snapshot(self, snap)
         self._started = False

@@ -7,15 +7,56 @@ Masks go bit-packed. Keys become text on their way through JSON; decoding accept
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from raypfl.errors import UserError
 from raypfl.fl.masks import pack_mask, unpack_mask
-from raypfl.fl.state import IDLE, TRAINING, UPLOADING, CachedUpdate, ClientTable, ServerState, SinceEvaluation
+from raypfl.fl.staleness import StalenessLedger
+from raypfl.fl.state import (
+    IDLE,
+    TRAINING,
+    UPLOADING,
+    CachedUpdate,
+    ClientTable,
+    EvalRecord,
+    ServerState,
+    SinceEvaluation,
+)
+from raypfl.sim.clock import EventQueue, SharedUplink
 
-FORMAT = 3  # the layout of a snapshot; a checkpoint of another layout is refused with one line
+if TYPE_CHECKING:
+    from raypfl.fl.server import Server
+
+FORMAT = 4  # the layout of a snapshot; a checkpoint of another layout is refused with one line
+
+
+def take_snapshot(server: Server) -> dict[str, Any]:
+    """A server's state and its components' (clock, uplink, ledger, evaluation policy, restoration, history)."""
+    return {
+        "format": FORMAT,
+        **encode_state(server.state),
+        "wall_time_s": server.wall.elapsed(),
+        "queue": server.queue.snapshot(),
+        "uplink": server.uplink.snapshot(),
+        "ledger": server.ledger.snapshot(),
+        "evaluation": server.evaluation.snapshot(),
+        "restoration": server.restoration.snapshot(),
+        "history": [r.as_dict() for r in server.history],
+        "held_versions": server.held_versions(),
+    }
+
+
+def restore_snapshot(server: Server, snap: dict[str, Any]) -> None:
+    server.state = decode_state(snap)
+    server.queue = EventQueue.restore(snap["queue"])
+    server.uplink = SharedUplink.restore(snap["uplink"])
+    server.ledger = StalenessLedger.restore(snap["ledger"])
+    server.evaluation.restore(snap["evaluation"])
+    server.restoration.restore(snap["restoration"])
+    server.history = [EvalRecord(**r) for r in snap["history"]]
+    server.wall.offset = float(snap["wall_time_s"])
 
 
 def check_format(snap: dict[str, Any]) -> None:
@@ -33,6 +74,9 @@ def encode_state(st: ServerState) -> dict[str, Any]:
         "scalars": {"round": st.round, "now": st.now, "buffer": list(st.buffer), "flush_pending": st.flush_pending,
                     "last_flush": st.last_flush, "bytes_up": st.bytes_up, "bytes_down": st.bytes_down,
                     "updates": st.updates, "done": st.done, "window": asdict(st.window),
+                    "dropped": st.dropped, "wasted_s": st.wasted_s, "wasted_bytes": st.wasted_bytes,
+                    "vacancies": st.vacancies, "retries": st.retries, "retry_pending": st.retry_pending,
+                    "absent": sorted(st.absent),
                     "broadcasts": {str(k): v for k, v in st.broadcasts.items()}},
     }
 
@@ -49,7 +93,9 @@ def decode_state(data: dict[str, Any]) -> ServerState:
         last_flush=float(sc["last_flush"]),
         broadcasts={int(k): [int(c) for c in v] for k, v in sc["broadcasts"].items()},
         bytes_up=int(sc["bytes_up"]), bytes_down=int(sc["bytes_down"]), updates=int(sc["updates"]),
-        window=SinceEvaluation(**sc["window"]), done=bool(sc["done"]))
+        window=SinceEvaluation(**sc["window"]), done=bool(sc["done"]), dropped=int(sc["dropped"]),
+        wasted_s=float(sc["wasted_s"]), wasted_bytes=int(sc["wasted_bytes"]), vacancies=int(sc["vacancies"]),
+        retries=int(sc["retries"]), retry_pending=bool(sc["retry_pending"]), absent={int(c) for c in sc["absent"]})
 
 
 def encode_cache(cache: dict[int, CachedUpdate]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ class ClientTable:
     COLUMNS = {"version": np.int64, "cycle": np.int64, "status": np.int8, "density": np.float64,
                "job_density": np.float64, "mask_generation": np.int64, "dispatched_at": np.float64,
                "training_ends": np.float64, "upload_mb": np.float64, "upload_rate": np.float64,
-               "updates": np.int64, "missed_total": np.int64, "scoring": np.bool_, "score": np.float64}
+               "updates": np.int64, "missed_total": np.int64, "scoring": np.bool_, "score": np.float64,
+               "offline_at": np.float64, "doomed": np.bool_, "dropped": np.int64}
 
     version: np.ndarray  # the model version of its current (or last) job
     cycle: np.ndarray  # local rounds whose upload has arrived
@@ -41,6 +42,9 @@ class ClientTable:
     missed_total: np.ndarray
     scoring: np.ndarray  # its current job also scores the trained model (GMR's client trigger)
     score: np.ndarray
+    offline_at: np.ndarray  # when its current job's client goes offline (inf: never)
+    doomed: np.ndarray  # its current job ends offline before it could be aggregated: it is not trained at all
+    dropped: np.ndarray  # jobs it lost by going offline
 
     def __init__(self, densities: np.ndarray, keep_cycle_times: bool = False) -> None:
         n = len(densities)
@@ -49,6 +53,7 @@ class ClientTable:
         self.density[:] = densities
         self.job_density[:] = densities
         self.score[:] = np.nan
+        self.offline_at[:] = np.inf
         # the last CYCLE_HISTORY cycle durations, a ring indexed by cycle number (only PR-FL's balancing needs them)
         self.cycle_times = np.full((n, CYCLE_HISTORY), np.nan) if keep_cycle_times else None
 
@@ -108,6 +113,8 @@ class EvalRecord:
     updates: int
     cache_accuracy: float | None = None  # of the FedAvg of every client's latest upload (spec E.5), when kept
     class_densities: dict[str, float] | None = None  # each class's mean, when `densities` is not given per client
+    dropped: int | None = None  # with availability: jobs lost to clients going offline so far
+    online_share: dict[str, float] | None = None  # with availability: each class's share of clients online now
 
     @classmethod
     def of(cls, st: ServerState, classes: ClientClasses, wall_time_s: float, accuracy: float, loss: float,
@@ -127,8 +134,9 @@ class EvalRecord:
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        if out["class_densities"] is None:  # the field only populations above PER_CLIENT_UP_TO have
-            del out["class_densities"]
+        for key in ("class_densities", "dropped", "online_share"):  # fields only some runs have
+            if out[key] is None:
+                del out[key]
         return out
 
 
@@ -159,6 +167,15 @@ class ServerState:
     updates: int = 0
     window: SinceEvaluation = field(default_factory=SinceEvaluation)
     done: bool = False
+    # availability (design principle 11): jobs lost to clients going offline, what they cost, and the slots
+    # left empty for want of online clients
+    dropped: int = 0
+    wasted_s: float = 0.0
+    wasted_bytes: int = 0
+    vacancies: int = 0
+    retries: int = 0
+    retry_pending: bool = False
+    absent: set[int] = field(default_factory=set)  # reference clients offline now
 
     def held_versions(self) -> list[int]:
         """The model versions the run still needs: the current one and those busy clients train on."""

@@ -81,8 +81,9 @@ class SubModels:
         self.generations[self.current] = build_nested_masks(weights, scores, targets, self.cfg.layer_floor)
 
     def mask(self, generation: int, density: float) -> Mask | None:
-        """The mask of a density in a generation; None means the full model."""
-        return None if density >= 1.0 else self.generations[generation][density]
+        """The mask of a density in a generation; None means the full model (so does a model with nothing to
+        prune)."""
+        return None if density >= 1.0 or not self.facts.prunable else self.generations[generation][density]
 
     def keep(self, generations: set[int]) -> None:
         self.generations = {g: m for g, m in self.generations.items() if g in generations or g == self.current}

@@ -63,7 +63,10 @@ class AggregatorActor:
     def summary(self) -> dict[str, Any]:
         return {"clients": self.server.client_summary(), "participation": self.server.participation_summary(),
                 "density_changes": self.server.density_log, "faults": self.trainer.faults,
-                "round_s_median": self.server.wall.round_seconds()}
+                "round_s_median": self.server.wall.round_seconds(),
+                "dropouts": {"dropped_updates": self.server.state.dropped,
+                             "wasted_client_seconds": self.server.state.wasted_s,
+                             "wasted_bytes": self.server.state.wasted_bytes}}
 
     def faults(self) -> list[dict[str, Any]]:
         return self.trainer.faults

@@ -121,6 +121,15 @@ class ActorPoolTrainer:
             heapq.heappush(self._queue, _Queued(job.needed_at, next(self._seq), job))
         self._pump()
 
+    def cancel(self, client: int) -> None:
+        """The client dropped out: its job is not trained (if it has not started) and its result is thrown away."""
+        job = self._jobs.pop(client, None)
+        if job is None:
+            return
+        self._results.pop(client, None)
+        self._uses[job.version] -= 1
+        self._drop_if_unused(job.version)
+
     def ready(self, client: int) -> bool:
         self._ask([client])
         self._poll(timeout=0)
@@ -161,6 +170,8 @@ class ActorPoolTrainer:
             if self._queue[0].needed_at > self._horizon and len(self._results) >= self.runahead:
                 break  # far enough ahead: every job needed later waits too
             item = heapq.heappop(self._queue)
+            if self._jobs.get(item.job.client) is not item.job:
+                continue  # cancelled
             workers = [w for w in self.eligible[self.client_class(item.job.client)] if self._has_room(w)]
             if not workers:
                 skipped.append(item)
@@ -213,7 +224,8 @@ class ActorPoolTrainer:
             self._probing.discard(task.worker)
         elif task.kind == "train":
             assert task.job is not None
-            self._results[task.job.client] = value
+            if self._jobs.get(task.job.client) is task.job:  # not cancelled meanwhile
+                self._results[task.job.client] = value
         else:
             assert task.split is not None
             self._evaluated[task.split] = value
@@ -242,7 +254,8 @@ class ActorPoolTrainer:
             self._start(self.actors[worker].info.remote(), _Task("ping", worker))
         if task.kind == "train":
             assert task.job is not None
-            heapq.heappush(self._queue, _Queued(task.job.needed_at, next(self._seq), task.job, task.attempt + 1))
+            if self._jobs.get(task.job.client) is task.job:
+                heapq.heappush(self._queue, _Queued(task.job.needed_at, next(self._seq), task.job, task.attempt + 1))
         else:
             assert task.split is not None
             self._start_eval(*task.split, attempt=task.attempt + 1)

@@ -29,11 +29,12 @@ from raypfl.config import Config, load_config, to_yaml
 from raypfl.data import partition
 from raypfl.data.datasets import Reader, locate_dataset
 from raypfl.errors import RunFailed, Terminated, UserError
+from raypfl.locations import resolve, tracking_uri
 from raypfl.report import summary_table
 from raypfl.results import build_result, write_outputs
 from raypfl.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from raypfl.runtime.placement import check_schedulable, connect_ray, default_num_workers, worker_options
-from raypfl.tracking import DEFAULT_URI, TrackerProcess
+from raypfl.tracking import TrackerProcess
 
 if TYPE_CHECKING:  # PyTorch-bound: imported when a run starts, while Ray starts
     from raypfl.runtime.pool import Experiment, Pilot
@@ -53,6 +54,11 @@ def check_inputs(cfg: Config) -> Reader:
             len(set(cfg.algorithm.reference_clients)) > concurrency:
         raise UserError(f"clients.concurrency ({concurrency}) must leave room for the "
                         f"{len(set(cfg.algorithm.reference_clients))} reference clients, which always train")
+    if cfg.clients.availability.kind == "trace":
+        from raypfl.sim.availability import read_trace
+
+        assert cfg.clients.availability.path is not None
+        read_trace(cfg.clients.availability.path)  # a missing or malformed trace is a UserError now, not in Ray
     return locate_dataset(cfg.data, seed=cfg.experiment.seed)
 
 
@@ -137,25 +143,6 @@ class _Background:
         return self._value
 
 
-def check_job_locations(cfg: Config) -> None:
-    """Inside a Ray job the working directory is a temporary copy that vanishes with the job: outputs written to
-    a relative path would vanish with it."""
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        return
-    if not Path(cfg.experiment.output_dir).is_absolute():
-        raise UserError(f"inside a Ray job, experiment.output_dir ({cfg.experiment.output_dir!r}) must be an absolute "
-                        "path on storage that outlives the job (the job's working directory is a temporary copy)")
-    if cfg.tracking.enabled:
-        uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-        path = uri.removeprefix("sqlite:///").removeprefix("file://") if uri.startswith(("sqlite:///", "file://")) \
-            else (uri if "://" not in uri else None)  # a server (http://...) or a database elsewhere is fine
-        if path is not None and not Path(path).is_absolute():
-            raise UserError(f"inside a Ray job, the MLflow tracking URI {uri!r} would point into the job's temporary "
-                            "working directory: set MLFLOW_TRACKING_URI (e.g. an MLflow server, see "
-                            "cluster/mlflow_server.sh) or tracking.uri to an absolute location, or "
-                            "tracking.enabled=false")
-
-
 def run_experiment(cfg: Config | None = None, output: str | Path | None = None, resume: str | Path | None = None,
                    console: Console | None = None, parent_run_id: str | None = None, on_eval: EvalHook | None = None,
                    placement_group: Any = None) -> dict[str, Any]:
@@ -181,17 +168,20 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         marker = run_dir / "mlflow_run_id"
         run_id = marker.read_text().strip() if marker.is_file() else None
     assert cfg is not None
-    check_job_locations(cfg)
     timing = {"process_started_at": _process_start()}
     reader = check_inputs(cfg)
     if resume is None:
         run_name = _run_name(cfg)
-        run_dir = Path(output) if output is not None else Path(cfg.experiment.output_dir) / cfg.experiment.name / \
-            run_name
+        run_dir = resolve(cfg, output) if output is not None else \
+            resolve(cfg, cfg.experiment.output_dir) / cfg.experiment.name / run_name
         prepare_run_dir(run_dir)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_generated_availability(cfg, run_dir)
     else:
         run_name = run_dir.name
+    console.print(f"results: {run_dir.resolve()}", soft_wrap=True)
+    if cfg.tracking.enabled:
+        console.print(f"MLflow: {tracking_uri(cfg)} (experiment {cfg.tracking.experiment})", soft_wrap=True)
     inputs = _Background("inputs", lambda: read_inputs(cfg, reader))  # the data loads while Ray starts
     # MLflow imports in a child process while Ray starts; the run opens in MLflow once the actors are created
     tracker = TrackerProcess(cfg, run_name, run_id, parent_run_id) if cfg.tracking.enabled else None
@@ -201,6 +191,21 @@ def run_experiment(cfg: Config | None = None, output: str | Path | None = None, 
         if resume is None:  # bad input found while starting: leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def write_generated_availability(cfg: Config, run_dir: Path) -> None:
+    """A generated (diurnal) availability is written beside the run as a trace, to inspect or replay
+    (`clients.availability: <run dir>/availability.csv`), for populations of up to 10,000 clients."""
+    from raypfl.fl.state import PER_CLIENT_UP_TO
+    from raypfl.sim.availability import Diurnal, generated_rows, write_trace
+    from raypfl.sim.heterogeneity import client_profiles
+
+    if cfg.clients.availability.kind != "diurnal" or cfg.clients.num_clients > PER_CLIENT_UP_TO:
+        return
+    classes = client_profiles(cfg.clients)
+    model = Diurnal(cfg.clients.availability, [k.name for k in classes.kinds], classes.index, cfg.experiment.seed)
+    write_trace(run_dir / "availability.csv", generated_rows(model, cfg.clients.num_clients, cfg.budget.virtual_time_s),
+                comment=f"the diurnal availability of this run (seed {cfg.experiment.seed})")
 
 
 def _process_start() -> float:
@@ -254,6 +259,8 @@ def _run(cfg: Config, inputs: _Background, run_dir: Path, snapshot: dict[str, An
                             "round_s_median": summary["round_s_median"]}
         write_outputs(run_dir, result, exp.class_index, [k.name for k, _ in exp.class_counts], tracker)
         console.print(summary_table(result))
+        if result["restoration"] is not None:
+            console.print(result["restoration"], soft_wrap=True)
         console.print(f"run directory: {run_dir}", soft_wrap=True)  # a path stays whole, to copy
         status = "FINISHED"
         return result
@@ -304,9 +311,13 @@ def _drive(cfg: Config, pilot: Pilot, tracker: TrackerProcess | None, run_dir: P
                TextColumn("round {task.fields[round]} · acc {task.fields[acc]} · in flight {task.fields[flight]}"),
                TimeElapsedColumn()]
     evals = 0
-    pilot.submit()
+    over = pilot.latest is not None and pilot.latest["scalars"]["done"]  # stopped after its last checkpoint
+    if not over:
+        pilot.submit()
     if tracker is not None:  # the MLflow run opens while the aggregator runs
         (run_dir / "mlflow_run_id").write_text(tracker.opened())
+    if over:
+        return history
     with Progress(*columns, console=console, transient=False) as progress:
         start = history[-1]["virtual_time_s"] if history else 0.0
         task = progress.add_task(cfg.algorithm.name, total=budget, completed=start, round="-", acc="-",

@@ -16,9 +16,9 @@ from typing import Any
 
 from raypfl.config import Config
 from raypfl.errors import UserError
+from raypfl.locations import tracking_uri
 from raypfl.runtime.local_ray import start_local_ray
 from raypfl.sim.heterogeneity import assign_workers, client_classes, covers, fits, merged_options, resource_amounts
-from raypfl.tracking import tracking_uri
 
 
 def connect_ray(cfg: Config) -> bool:

@@ -212,9 +212,12 @@ class ClientTrainer:
         loss, count = self._fit(self.model, job, masks=self._masks(job.mask))
         grads = self._squared_grads(count, job.mask) if job.want_grads else None
         score = self.score(self.model, job.score_samples) if job.score_samples else None
+        trained = self._state(self.model)
+        if job.delta:  # the update against the model it trained from, in float32 as the weights are
+            trained = {k: v - weights[k] if np.issubdtype(v.dtype, np.floating) else v for k, v in trained.items()}
         return TrainResult(client=job.client, version=job.version, cycle=job.cycle,
-                           weights=self._compact(self.model, job.mask), n_samples=count, loss=loss, mask=job.mask,
-                           grads=grads, score=score)
+                           weights=compact(trained, job.mask) if job.mask else trained, n_samples=count, loss=loss,
+                           mask=job.mask, grads=grads, score=score)
 
     def _train_sliced(self, job: TrainJob, weights: Weights) -> TrainResult:
         """Width-sliced sub-model: train a genuinely narrow network on the extracted tensors. Its tensors are
@@ -256,10 +259,6 @@ class ClientTrainer:
             out[k] = v.contiguous().numpy() if not v.is_contiguous() else \
                 (v.numpy().copy() if self.copy_results else v.numpy())
         return out
-
-    def _compact(self, model: nn.Module, mask: Mask | None) -> Weights:
-        state = self._state(model)
-        return state if not mask else compact(state, mask)
 
     def _fit(self, model: nn.Module, job: TrainJob, dropout: OrderedDropout | None = None,
              masks: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> tuple[float, int]:
