@@ -39,7 +39,9 @@ Positive = Annotated[float, Field(gt=0.0)]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, no silent coercion (`true` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+    # protected_namespaces: `model_size_mb` and `model` are config keys, not pydantic's (older pydantic warns)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False,
+                              protected_namespaces=())
 
 
 class ExperimentConfig(Section):

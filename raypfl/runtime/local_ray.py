@@ -8,9 +8,8 @@ for until it has published its address. On a small machine they are a noticeable
 (README, Performance).
 
 Ray has no public switch for them: its head takes them from `RayParams.no_monitor`, `RayParams.include_log_monitor`
-and `Node.start_api_server`. This module sets those for the one `ray.init` call it makes, on the Ray version pinned
-in pyproject.toml (tests/test_local_ray.py fails when an upgrade moves them); a Ray without these hooks starts in
-full.
+and `Node.start_api_server`. This module sets those for the one `ray.init` call it makes (tested on Ray 2.50 and
+2.60; tests/test_local_ray.py fails when an upgrade moves them); a Ray without these hooks starts in full.
 """
 
 from __future__ import annotations
