@@ -3,6 +3,8 @@ runs when its result is collected."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from raypfl.fl.evaluation import summarise_batches
 from raypfl.fl.jobs import TrainJob, TrainResult, Weights
 from raypfl.runtime.training import ClientTrainer
@@ -30,8 +32,9 @@ class InProcessTrainer:
     def ready(self, client: int) -> bool:
         return client in self._pending
 
-    def collect(self, clients: list[int]) -> dict[int, TrainResult]:
-        return {c: self.trainer.train(*self._pending.pop(c)) for c in clients}
+    def collect(self, clients: list[int]) -> Iterator[TrainResult]:
+        for c in clients:
+            yield self.trainer.train(*self._pending.pop(c))
 
     def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
         assert self.trainer.y_test is not None

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from raypfl.fl.aggregation import ClientUpdate, aggregate, apply_mask, compact, expand
+from raypfl.fl.aggregation import Aggregation, ClientUpdate, aggregate, apply_mask, compact, expand
 
 RULES = ["ma", "ma_mix", "fa", "ga"]
 
@@ -228,3 +228,31 @@ def test_expand_puts_the_held_values_back_and_zero_elsewhere():
     np.testing.assert_array_equal(out["w"], np.array([[1.0, 0.0, 3.0], [0.0, 5.0, 6.0]], dtype=np.float32))
     assert out["w"].dtype == np.float32
     np.testing.assert_array_equal(out["b"], [7.0, 8.0])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_one_update_at_a_time_gives_the_same_floats(masked, rule):
+    # what a server streaming a buffer's uploads computes: each added as it comes, in client-id order
+    old, updates = masked
+    running = Aggregation(rule, old, server_lr=0.8)
+    for update in sorted(updates, key=lambda u: u.client):
+        running.add(update)
+    streamed = running.result(mix=0.35)
+    at_once = aggregate(rule, old, updates[::-1], mix=0.35, server_lr=0.8)
+    for key in old:
+        assert streamed[key].dtype == at_once[key].dtype and streamed[key].tobytes() == at_once[key].tobytes()
+
+
+def test_one_update_at_a_time_wants_increasing_client_ids(masked):
+    old, updates = masked
+    first, second = sorted(updates, key=lambda u: u.client)[:2]
+    running = Aggregation("ma", old)
+    with pytest.raises(ValueError, match="nothing to aggregate"):
+        running.result()
+    running.add(second)
+    with pytest.raises(ValueError, match=f"increasing client id: {first.client} after {second.client}"):
+        running.add(first)
+    with pytest.raises(ValueError, match="more than one update per client"):
+        running.add(second)
+    with pytest.raises(ValueError, match="unknown aggregation rule"):
+        Aggregation("mean", old)  # type: ignore[arg-type]

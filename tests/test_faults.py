@@ -129,7 +129,7 @@ def test_a_job_that_can_never_run_stops_the_run_instead_of_looping() -> None:
     trainer.submit([TrainJob(client=7, version=0, cycle=0, mask=None, lr=0.1, local_steps=1)])
     with pytest.raises(WorkersLost, match="a train task failed 4 times, last with NotLoaded: never"):
         # (1 + max_restarts) x 2 actors attempts, then it gives up; a trainer that loops instead fails the test
-        call_with_deadline(lambda: trainer.collect([7]), 120, "collecting a job that can never run")
+        call_with_deadline(lambda: list(trainer.collect([7])), 120, "collecting a job that can never run")
     assert len(trainer.faults) == 4
 
 

@@ -119,9 +119,28 @@ def test_actors_work_ahead_of_the_aggregator_by_at_most_runahead_results() -> No
     # job 1's result makes two waiting: job 2, due later than any asked for, waits
     wait_until(lambda: trainer.ready(1), 120, "client 1's result", interval=0.01)
     assert ray.get(actor.ran.remote(), timeout=60) == [0, 1]
-    collected = call_with_deadline(lambda: trainer.collect(list(range(6))), 120, "collecting the six results")
-    assert collected == {c: c for c in range(6)}  # asked for: every job runs
+    collected = call_with_deadline(lambda: list(trainer.collect(list(range(6)))), 120, "collecting the six results")
+    assert collected == list(range(6))  # asked for: every job runs
     assert ray.get(actor.ran.remote(), timeout=60) == list(range(6))
+
+
+def test_a_collection_runs_its_jobs_first_in_the_order_it_takes_them() -> None:
+    # a FedBuff flush takes its buffer in client-id order, one upload at a time: its jobs run in that order
+    # (whatever their due times), so that few results wait in memory for the ones before them
+    import numpy as np
+    import ray
+
+    from raypfl.fl.jobs import TrainJob
+    from raypfl.runtime.dispatch import ActorPoolTrainer
+
+    actor = ray.remote(_Ledger).options(num_cpus=0).remote()
+    trainer = ActorPoolTrainer([actor], [[0]], lambda client: 0, 8, 8, depth=1, runahead=0)
+    trainer.publish(0, {"w": np.zeros(3, np.float32)})
+    trainer.submit([TrainJob(client=c, version=0, cycle=0, mask=None, lr=0.1, local_steps=1, needed_at=float(9 - c))
+                    for c in range(6)])  # due in the order 5, 4, ..., 0
+    collected = call_with_deadline(lambda: list(trainer.collect([1, 3, 4])), 120, "collecting three results")
+    assert collected == [1, 3, 4]
+    assert ray.get(actor.ran.remote(), timeout=60)[:3] == [1, 3, 4]
 
 
 DIURNAL = ["clients.availability.kind=diurnal", "clients.availability.share=0.5",

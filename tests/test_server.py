@@ -1,6 +1,7 @@
 """The pure server loop on a hand-checkable timeline, with a fake trainer (no Ray, no torch)."""
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,11 @@ class FakeTrainer:
     def ready(self, client: int) -> bool:
         return True
 
-    def collect(self, clients: list[int]) -> dict[int, TrainResult]:
-        out = {}
+    def collect(self, clients: list[int]) -> Iterator[TrainResult]:
         for c in clients:
             job = self.pending.pop(c)
-            out[c] = TrainResult(c, job.version, job.cycle, {"w": self.versions[job.version]["w"] + 1.0}, 10, 0.1,
-                                 mask=job.mask)
-        return out
+            yield TrainResult(c, job.version, job.cycle, {"w": self.versions[job.version]["w"] + 1.0}, 10, 0.1,
+                              mask=job.mask)
 
     def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
         return self.evaluator(self.versions[version], limit)

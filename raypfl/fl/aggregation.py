@@ -13,8 +13,9 @@ A masked tensor of an update may come dense (its shape; entries outside the mask
 the held values only, in the mask's C order (`compact`), so an upload costs memory ∝ its density.
 
 Sums run in float32, in place and in client-id order, so the result does not depend on the order the updates
-were passed in. Non-float tensors (e.g. BatchNorm's ``num_batches_tracked``) keep their old value. NumPy only:
-the aggregator's process needs no PyTorch.
+were passed in; `Aggregation` takes them one at a time, in that order, so that a server need not hold a whole
+buffer of uploads at once. Non-float tensors (e.g. BatchNorm's ``num_batches_tracked``) keep their old value.
+NumPy only: the aggregator's process needs no PyTorch.
 """
 
 from __future__ import annotations
@@ -105,21 +106,25 @@ def _validate(old: Weights, updates: Sequence[ClientUpdate]) -> None:
     if len(set(clients)) != len(clients):
         raise ValueError(f"more than one update per client: {sorted(clients)}")
     for u in updates:
-        who = f"client {u.client}"
-        if not (math.isfinite(u.weight) and u.weight > 0):
-            raise ValueError(f"{who}: aggregation weight must be finite and > 0, got {u.weight}")
-        if u.weights.keys() != old.keys():
-            diff = sorted(u.weights.keys() ^ old.keys())
-            raise ValueError(f"{who}: state-dict keys differ from the global model's: {diff}")
-        _check_mask(old, u.mask, who)
-        for key, w in u.weights.items():
-            if w.shape == old[key].shape:
-                continue
-            m = (u.mask or {}).get(key)
-            held = None if m is None else len(flat_index(m))
-            if w.shape != (held,):
-                raise ValueError(f"{who}: {key!r} has shape {w.shape}, expected {old[key].shape}"
-                                 + (f" or the {held} held values" if held is not None else ""))
+        _validate_update(old, u)
+
+
+def _validate_update(old: Weights, u: ClientUpdate) -> None:
+    who = f"client {u.client}"
+    if not (math.isfinite(u.weight) and u.weight > 0):
+        raise ValueError(f"{who}: aggregation weight must be finite and > 0, got {u.weight}")
+    if u.weights.keys() != old.keys():
+        diff = sorted(u.weights.keys() ^ old.keys())
+        raise ValueError(f"{who}: state-dict keys differ from the global model's: {diff}")
+    _check_mask(old, u.mask, who)
+    for key, w in u.weights.items():
+        if w.shape == old[key].shape:
+            continue
+        m = (u.mask or {}).get(key)
+        held = None if m is None else len(flat_index(m))
+        if w.shape != (held,):
+            raise ValueError(f"{who}: {key!r} has shape {w.shape}, expected {old[key].shape}"
+                             + (f" or the {held} held values" if held is not None else ""))
 
 
 class _Sums:
@@ -217,46 +222,75 @@ def _run(tasks: list[Callable[[], None]]) -> None:
 def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix: float = 1.0,
               server_lr: float = 1.0) -> Weights:
     """The new global model from `old` and the client updates; new arrays with the dtypes of `old`."""
-    if rule not in get_args(Rule):
-        raise ValueError(f"unknown aggregation rule {rule!r}; expected one of {get_args(Rule)}")
+    running = Aggregation(rule, old, server_lr=server_lr)
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"mix must be in [0, 1], got {mix}")
-    if not server_lr > 0:
-        raise ValueError(f"server_lr must be > 0, got {server_lr}")
     _validate(old, updates)
-    ordered = sorted(updates, key=lambda u: u.client)
-    total = math.fsum(u.weight for u in ordered)
+    for update in sorted(updates, key=lambda u: u.client):
+        running.add(update)
+    return running.result(mix=mix)
 
-    def span(key: str, base: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
-        sums = _Sums(base, lo, hi, deltas=rule == "ga")
-        for u in ordered:
-            values = np.asarray(u.weights[key], dtype=np.float32)
-            sums.add(u.weight, values.reshape(-1), (u.mask or {}).get(key), values.shape == base.shape)
-        assert sums.num is not None
-        target = out.reshape(-1)[lo:hi]
-        if rule == "fa":
-            np.divide(sums.num, np.float32(total), out=target)
-        elif rule in ("ga", "delta"):  # base + num · (η / Σλ), the product rounded first
-            np.multiply(sums.num, np.float32(server_lr / total), out=target)
-            np.add(sums.base, target, out=target)
-        else:
-            sums.ratio(target)
-            if rule == "ma_mix":  # mix · W̃ + (1 − mix) · base, each product rounded first
-                np.multiply(target, np.float32(mix), out=target)
-                np.multiply(sums.base, np.float32(1.0 - mix), out=sums.scratch)
-                np.add(target, sums.scratch, out=target)
 
-    new: Weights = {}
-    tasks: list[Callable[[], None]] = []
-    for key, w_old in old.items():
-        if not np.issubdtype(w_old.dtype, np.floating):
-            new[key] = w_old.copy()
-            continue
-        base = np.asarray(w_old, dtype=np.float32)
-        new[key] = out = np.empty(base.shape, dtype=np.float32)
-        tasks += [functools.partial(span, key, base, out, lo, hi) for lo, hi in _spans(base.size)]
-    _run(tasks)
-    return {key: value.astype(old[key].dtype, copy=False) for key, value in new.items()}
+class Aggregation:
+    """`aggregate` one update at a time, so that an update's arrays can be let go once added: fed in increasing
+    client id it gives the same floats as `aggregate` given them all at once (the sums run in that order)."""
+
+    def __init__(self, rule: Rule, old: Weights, *, server_lr: float = 1.0) -> None:
+        if rule not in get_args(Rule):
+            raise ValueError(f"unknown aggregation rule {rule!r}; expected one of {get_args(Rule)}")
+        if not server_lr > 0:
+            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        self.rule, self.old, self.server_lr = rule, old, server_lr
+        self._weights: list[float] = []
+        self._last_client: int | None = None
+        self._sums = {key: [_Sums(np.asarray(w, dtype=np.float32), lo, hi, deltas=rule == "ga")
+                            for lo, hi in _spans(w.size)]
+                      for key, w in old.items() if np.issubdtype(w.dtype, np.floating)}
+
+    def add(self, update: ClientUpdate) -> None:
+        if self._last_client is not None and update.client <= self._last_client:
+            raise ValueError(f"updates must come in increasing client id: {update.client} after {self._last_client}"
+                             + (" (more than one update per client)" if update.client == self._last_client else ""))
+        _validate_update(self.old, update)
+        self._last_client = update.client
+        self._weights.append(update.weight)
+        masks = update.mask or {}
+
+        def span(key: str, sums: _Sums) -> None:
+            values = np.asarray(update.weights[key], dtype=np.float32)
+            sums.add(update.weight, values.reshape(-1), masks.get(key), values.shape == self.old[key].shape)
+
+        _run([functools.partial(span, key, sums) for key, spans in self._sums.items() for sums in spans])
+
+    def result(self, *, mix: float = 1.0) -> Weights:
+        """The new global model (`mix`: the share of the averaged model under `ma_mix`)."""
+        if not self._weights:
+            raise ValueError("nothing to aggregate: no client updates")
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {mix}")
+        total = math.fsum(self._weights)
+        new: Weights = {key: w.copy() for key, w in self.old.items() if key not in self._sums}
+
+        def finish(sums: _Sums, target: np.ndarray) -> None:
+            assert sums.num is not None
+            if self.rule == "fa":
+                np.divide(sums.num, np.float32(total), out=target)
+            elif self.rule in ("ga", "delta"):  # base + num · (η / Σλ), the product rounded first
+                np.multiply(sums.num, np.float32(self.server_lr / total), out=target)
+                np.add(sums.base, target, out=target)
+            else:
+                sums.ratio(target)
+                if self.rule == "ma_mix":  # mix · W̃ + (1 − mix) · base, each product rounded first
+                    np.multiply(target, np.float32(mix), out=target)
+                    np.multiply(sums.base, np.float32(1.0 - mix), out=sums.scratch)
+                    np.add(target, sums.scratch, out=target)
+
+        tasks: list[Callable[[], None]] = []
+        for key, spans in self._sums.items():
+            new[key] = out = np.empty(self.old[key].shape, dtype=np.float32)
+            tasks += [functools.partial(finish, sums, out.reshape(-1)[sums.lo:sums.hi]) for sums in spans]
+        _run(tasks)
+        return {key: new[key].astype(w.dtype, copy=False) for key, w in self.old.items()}
 
 
 def apply_mask(weights: Weights, mask: Mask | None) -> Weights:

@@ -6,6 +6,7 @@ trainer holds every version once, however many jobs train on it (design principl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -84,7 +85,9 @@ class Trainer(Protocol):
 
     def ready(self, client: int) -> bool: ...
 
-    def collect(self, clients: list[int]) -> dict[int, TrainResult]: ...
+    def collect(self, clients: list[int]) -> Iterator[TrainResult]:
+        """The clients' results, in the order given, each once it is done; the trainer keeps none it has handed
+        over (the caller consumes the whole iterator)."""
 
     def evaluate(self, version: int, limit: int | None = None) -> tuple[float, float]:
         """(accuracy, mean loss) of a published version on the test set (its first `limit` samples)."""

@@ -24,23 +24,22 @@ from typing import Any
 import numpy as np
 
 from raypfl.config import Config
-from raypfl.fl.aggregation import aggregate, expand
 from raypfl.fl.distribution import Sizes, plan_broadcast
 from raypfl.fl.dropouts import Dropouts
 from raypfl.fl.evaluation import CACHE_VERSION, EvaluationPolicy
-from raypfl.fl.jobs import Mask, Trainer, TrainJob, TrainResult, Weights
+from raypfl.fl.jobs import Trainer, TrainJob, Weights
+from raypfl.fl.merging import merge
 from raypfl.fl.participation import Participation
 from raypfl.fl.presence import Presence
 from raypfl.fl.restoration import Restoration
 from raypfl.fl.snapshot import restore_snapshot, take_snapshot
-from raypfl.fl.staleness import Staleness, StalenessLedger, weigh
+from raypfl.fl.staleness import Staleness, StalenessLedger
 from raypfl.fl.state import (
     BUFFERED,
     IDLE,
     TRAINING,
     UPLOADING,
     WAITING,
-    CachedUpdate,
     ClientTable,
     EvalRecord,
     ServerState,
@@ -293,8 +292,9 @@ class Server(Dropouts):
         if self.alg.trigger == "synchronous":  # over-selected or past the deadline: the round's stragglers
             for client in sorted(st.in_flight):
                 self._drop(client)
-        results = self.trainer.collect(buffer)
-        st.weights = self._aggregate([results[c] for c in buffer])
+        st.weights = merge(st, buffer, self.trainer.collect(buffer), alg=self.alg, staleness=self.staleness,
+                           ledger=self.ledger, submodels=self.submodels,
+                           keep_uploads=self.evaluation.scores_cache_model)
         st.round += 1
         self._publish(st.round, st.weights)
         st.clients.status[buffer] = WAITING
@@ -322,38 +322,6 @@ class Server(Dropouts):
         for version in sorted(self._published - held):
             self.trainer.release(version)
         self._published &= held
-
-    def _aggregate(self, results: list[TrainResult]) -> Weights:
-        """Staleness × samples weights; the window scope aggregates the arrivals, the cache scope (PR-FL) every
-        client's latest upload with its staleness recomputed now (spec H.3)."""
-        st = self.state
-        masks = {r.client: self._job_mask(r.client) for r in results}
-        cl = st.clients
-        for r in results:
-            missed = st.round - r.version
-            cl.updates[r.client] += 1
-            cl.missed_total[r.client] += missed
-            st.window.missed += missed
-            if cl.scoring[r.client]:
-                cl.scoring[r.client] = False
-                cl.score[r.client] = np.nan if r.score is None else r.score
-            if r.grads is not None and self.submodels.grads is not None:
-                self.submodels.grads.add(expand(r.grads, masks[r.client], {k: st.weights[k] for k in r.grads}))
-        st.updates += len(results)
-        st.window.updates += len(results)
-        st.window.flushes += 1
-        arrived = {r.client: CachedUpdate(r.version, r.weights, masks[r.client], r.n_samples) for r in results}
-        if self.evaluation.scores_cache_model:  # the latest uploads are kept for the cache model and scope
-            st.cache.update(arrived)
-        scope = st.cache if self.alg.scope == "cache" else arrived
-        updates, mix = weigh(scope, sorted(arrived), st.round, self.staleness, self.ledger, self.alg.mixing)
-        return aggregate(self.alg.rule, st.weights, updates, mix=mix, server_lr=self.alg.server_lr)
-
-    def _job_mask(self, client: int) -> Mask | None:
-        """The mask of the job a client has just finished: the server's own object (results do not carry it back,
-        and every update under one mask shares its cached positions in the aggregation)."""
-        cl = self.state.clients
-        return self.submodels.mask(int(cl.mask_generation[client]), float(cl.job_density[client]))
 
     # ------------------------------------------------------------------------------------------------
     # Evaluation, restoration and the end of the run

@@ -77,15 +77,26 @@ def weigh(scope: Mapping[int, CachedUpdate], arrived: Sequence[int], round_: int
     """The updates to aggregate with their weights λ_i = c_i · n_i, and the mixing share of spec B.4-2.
 
     `scope` is what is aggregated (the arrivals, or PR-FL's cache of every client's latest upload), `arrived` the
-    clients of this flush in id order. Every scoped client's factor is recorded now (staleness recomputed at each
-    aggregation, spec H.3). The share is α = Σ c_i over the arrivals, or with FedAsync's `mixing` α_0, α_0 times
-    the arrivals' sample-weighted mean factor."""
-    factors = {c: staleness(round_ - u.version) for c, u in scope.items()}
+    clients of this flush in id order."""
+    coeff, factors = coefficients({c: u.version for c, u in scope.items()}, round_, staleness, ledger)
+    updates = [ClientUpdate(c, u.weights, u.mask, coeff[c] * u.n_samples) for c, u in sorted(scope.items())]
+    return updates, mixing_share(coeff, factors, {c: scope[c].n_samples for c in arrived}, mixing)
+
+
+def coefficients(versions: Mapping[int, int], round_: int, staleness: Staleness,
+                 ledger: StalenessLedger) -> tuple[dict[int, float], dict[int, float]]:
+    """(c_i, s_i) of the clients aggregated now, from the versions they trained on: every one's factor s_i is
+    recorded now (staleness recomputed at each aggregation, spec H.3); λ_i = c_i · n_i."""
+    factors = {c: staleness(round_ - v) for c, v in versions.items()}
     for c, s in factors.items():
         ledger.record(c, s)
-    coeff = ledger.coefficients(scope)
-    updates = [ClientUpdate(c, u.weights, u.mask, coeff[c] * u.n_samples) for c, u in sorted(scope.items())]
+    return ledger.coefficients(versions), factors
+
+
+def mixing_share(coeff: Mapping[int, float], factors: Mapping[int, float], arrived: Mapping[int, int],
+                 mixing: float | None) -> float:
+    """The share α of spec B.4-2 from the arrivals' samples (`arrived`: client → n_i, in id order): Σ c_i, or with
+    FedAsync's `mixing` α_0, α_0 times the arrivals' sample-weighted mean factor."""
     if mixing is None:
-        return updates, min(1.0, sum(coeff[c] for c in arrived))
-    n = sum(scope[c].n_samples for c in arrived)
-    return updates, mixing * sum(factors[c] * scope[c].n_samples for c in arrived) / n
+        return min(1.0, sum(coeff[c] for c in arrived))
+    return mixing * sum(factors[c] * n for c, n in arrived.items()) / sum(arrived.values())

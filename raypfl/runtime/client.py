@@ -61,7 +61,7 @@ class ClientActor:
         return describe_model(Config.model_validate(config), spec)
 
     def train(self, job: TrainJob, weights: Weights, mask: Mask | None) -> TrainResult:
-        """The job's result, without its mask: the server has it already (`Server._job_mask`)."""
+        """The job's result, without its mask: the server has it already (`raypfl.fl.merging.job_mask`)."""
         return replace(self._loaded().train(replace(job, mask=mask), weights), mask=None)
 
     def evaluate(self, weights: Weights, start: int, stop: int) -> list[tuple[int, float]]:

@@ -1,7 +1,8 @@
 """The aggregator's `Trainer` on Ray: jobs and evaluations dispatched to the client actors.
 
 It holds every model version once in the object store, runs the jobs needed first with a few jobs queued per
-actor, fetches each result when it is done, and runs a job again when the actor that had it dies (design
+actor (those of a collection under way first, in the order it takes them, so that few results wait in memory),
+fetches each result when it is done, and runs a job again when the actor that had it dies (design
 principle 8): a job is a pure function of (job, data, config), so the history does not change. A job is needed
 when its result can first be aggregated (`TrainJob.needed_at`). The actors work ahead of the aggregator, but only
 so far: a finished result waits in the object store until the aggregator takes it, so beyond the jobs needed no
@@ -14,7 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +37,7 @@ class WorkersLost(RuntimeError):
 
 @dataclass(order=True)
 class _Queued:
-    needed_at: float
+    rank: tuple[int, float]
     seq: int
     job: TrainJob = field(compare=False)
     attempt: int = field(default=0, compare=False)
@@ -91,6 +92,7 @@ class ActorPoolTrainer:
         self._results: dict[int, TrainResult] = {}
         self._evaluated: dict[tuple[int, int, int], list[tuple[int, float]]] = {}
         self._jobs: dict[int, TrainJob] = {}  # client → its job, until collected
+        self._order: dict[int, int] = {}  # client → its place in the collection under way
 
     # -- model versions ------------------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class ActorPoolTrainer:
         for job in jobs:
             self._jobs[job.client] = job
             self._uses[job.version] = self._uses.get(job.version, 0) + 1
-            heapq.heappush(self._queue, _Queued(job.needed_at, next(self._seq), job))
+            heapq.heappush(self._queue, _Queued(self._rank(job), next(self._seq), job))
         self._pump()
 
     def cancel(self, client: int) -> None:
@@ -135,21 +137,35 @@ class ActorPoolTrainer:
         self._poll(timeout=0)
         return client in self._results
 
-    def collect(self, clients: list[int]) -> dict[int, TrainResult]:
+    def collect(self, clients: list[int]) -> Iterator[TrainResult]:
+        """The clients' results in the order given, each as soon as it and those before it are done; their jobs
+        run first, in that order, so that few results wait (the trainer lets each go once it is handed over)."""
         self._ask(clients)
-        while not all(c in self._results for c in clients):
-            self._poll(timeout=None)
-        out = {}
+        self._prioritise(clients)
         for client in clients:
-            out[client] = self._results.pop(client)
+            while client not in self._results:
+                self._poll(timeout=None)
+            result = self._results.pop(client)
             job = self._jobs.pop(client)
             self._uses[job.version] -= 1
             self._drop_if_unused(job.version)
-        return out
+            self._order.pop(client, None)
+            yield result
 
     def _ask(self, clients: list[int]) -> None:
         """The aggregator needs these clients' results: every job needed no later than theirs may start."""
         self._horizon = max([self._horizon, *(self._jobs[c].needed_at for c in clients)])
+
+    def _prioritise(self, clients: list[int]) -> None:
+        """The queued jobs of `clients` go first, in that order."""
+        self._order = {c: i for i, c in enumerate(clients)}
+        self._queue = [replace(item, rank=self._rank(item.job)) for item in self._queue]
+        heapq.heapify(self._queue)
+
+    def _rank(self, job: TrainJob) -> tuple[int, float]:
+        """Queue order: the jobs being collected (in the order asked), then by the time they are needed."""
+        position = self._order.get(job.client)
+        return (0, float(position)) if position is not None else (1, job.needed_at)
 
     def _mask_ref(self, key: MaskKey | None, mask: Mask | None) -> Any:
         if mask is None:
@@ -167,7 +183,7 @@ class ActorPoolTrainer:
         those, the one that may train the fewest classes)."""
         skipped = []
         while self._queue and any(self._has_room(w) for w in range(len(self.actors))):
-            if self._queue[0].needed_at > self._horizon and len(self._results) >= self.runahead:
+            if self._queue[0].job.needed_at > self._horizon and len(self._results) >= self.runahead:
                 break  # far enough ahead: every job needed later waits too
             item = heapq.heappop(self._queue)
             if self._jobs.get(item.job.client) is not item.job:
@@ -255,7 +271,8 @@ class ActorPoolTrainer:
         if task.kind == "train":
             assert task.job is not None
             if self._jobs.get(task.job.client) is task.job:
-                heapq.heappush(self._queue, _Queued(task.job.needed_at, next(self._seq), task.job, task.attempt + 1))
+                heapq.heappush(self._queue, _Queued(self._rank(task.job), next(self._seq), task.job,
+                                                    task.attempt + 1))
         else:
             assert task.split is not None
             self._start_eval(*task.split, attempt=task.attempt + 1)
