@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -169,6 +170,12 @@ class Sweep:
     def tune_dir(self) -> Path:
         return self.dir / "tune"
 
+    def tune_space(self) -> dict[str, Any]:
+        """Tune's param space. Tune walks a grid with the first key (in sorted order) fastest: numbered keys make
+        the variants vary fastest, then the search space's keys in the order the file gives them, the last
+        slowest, so that a long sweep finishes each seed's comparison of every variant before the next seed."""
+        return {f"{i:02d} {key}": domain.to_tune() for i, (key, domain) in enumerate(self.search_space.items())}
+
     def _variant_overrides(self, variant: str) -> list[str]:
         return [*(f"{k}={json.dumps(v)}" for k, v in self.spec.variants[variant].items()),
                 f"experiment.name={json.dumps(variant)}"]
@@ -176,7 +183,7 @@ class Sweep:
     def trial_config(self, params: dict[str, Any]) -> Config:
         """A trial's experiment: the base with its variant's overrides and its sampled values; one client actor
         unless the base says."""
-        params = dict(params)
+        params = untune(params)
         variant = params.pop("variant", None)
         overrides = [*(self._variant_overrides(variant) if variant is not None else []),
                      *(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()))]
@@ -194,6 +201,11 @@ class Sweep:
         assert cfg.runtime.num_workers is not None
         options, _ = worker_options(cfg, cfg.runtime.num_workers)
         return [{"CPU": 1.0}, *(bundle(o) for o in options)]
+
+
+def untune(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params under the sweep's own keys (without `Sweep.tune_space`'s numbers)."""
+    return {re.sub(r"^\d\d ", "", key): value for key, value in params.items()}
 
 
 def _trial(params: dict[str, Any], sweep: Sweep, parent_run_id: str | None) -> None:
@@ -263,7 +275,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, resume: bool
         if resume:
             tuner = tune.Tuner.restore(str(state), trainable=trainable, resume_errored=True)
         else:
-            tuner = tune.Tuner(trainable, param_space={k: d.to_tune() for k, d in sweep.search_space.items()},
+            tuner = tune.Tuner(trainable, param_space=sweep.tune_space(),
                                tune_config=_tune_config(sweep), run_config=_run_config(sweep))
         results, interrupted = _fit(tuner)
         if interrupted or len(results) < sweep.expected_trials:
@@ -371,7 +383,7 @@ def _trial_rows(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
         done = (run_dir / "result.json").is_file()
         final = json.loads((run_dir / "result.json").read_text()) if done else {}
         status = "done" if done else ("error" if result.error else "stopped early")  # ASHA: the last report stands
-        rows.append({"trial": str(trial), "params": {k: v for k, v in (result.config or {}).items()},
+        rows.append({"trial": str(trial), "params": untune(result.config or {}),
                      "status": status, "run_dir": str(run_dir),
                      **{k: final.get(k, metrics.get(k)) for k in ("final_accuracy", "best_accuracy",
                                                                   "reported_accuracy", "virtual_time_s",

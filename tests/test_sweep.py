@@ -12,7 +12,7 @@ import yaml
 from raypfl.cli import main
 from raypfl.errors import UserError
 from raypfl.runtime.checkpoint import CHECKPOINT
-from raypfl.tune import Sweep
+from raypfl.tune import Sweep, untune
 from tests.helpers import wait_until
 
 TINY_BASE = {"clients": {"num_clients": 4}, "budget": {"virtual_time_s": 50, "eval_every": 4}}
@@ -20,7 +20,7 @@ TINY_BASE = {"clients": {"num_clients": 4}, "budget": {"virtual_time_s": 50, "ev
 
 def write_sweep(folder: Path, name: str, **spec: object) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -72,6 +72,21 @@ def test_sweep_file_resolution(tmp_path: Path) -> None:
     assert cfg.tracking.uri is not None and cfg.tracking.uri.startswith("sqlite:////")  # absolute for trials
     bundles = sweep.bundles({"algorithm.name": "fedavg", "training.lr": 0.02})
     assert bundles[0] == {"CPU": 1.0} and len(bundles) == 2 and bundles[1]["GPU"] > 0
+
+
+def test_trials_run_variants_fastest_and_the_last_key_slowest(tmp_path: Path) -> None:
+    from ray.tune.search.variant_generator import generate_variants
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    path = write_sweep(tmp_path, "order", base="base.yaml",
+                       variants={"b": {"algorithm.name": "fedavg"}, "a": {"algorithm.name": "fedasync"}},
+                       search_space={"training.lr": {"grid": [0.1, 0.2]}, "experiment.seed": {"grid": [0, 1]}})
+    sweep = Sweep(path)
+    order = [untune(params) for _, params in generate_variants(sweep.tune_space())]
+    assert [(p["experiment.seed"], p["training.lr"], p["variant"]) for p in order] == [
+        (0, 0.1, "b"), (0, 0.1, "a"), (0, 0.2, "b"), (0, 0.2, "a"),
+        (1, 0.1, "b"), (1, 0.1, "a"), (1, 0.2, "b"), (1, 0.2, "a")]
+    assert sweep.trial_config(order[1]).algorithm.name == "fedasync"
 
 
 @pytest.mark.usefixtures("ray_session")
