@@ -45,10 +45,14 @@ class GradImportance:
             return
         low, high = float(values.min()), float(values.max())
         span = high - low if high > low else 1.0
-        for name, g in grads.items():
-            normalised = (g.astype(np.float64) - low) / span
-            self.sums[name] = self.sums.get(name, np.zeros_like(normalised)) + normalised
-            self.counts[name] = self.counts.get(name, np.zeros(g.shape)) + (normalised > 0)
+        for name, g in grads.items():  # in place: these are the model's size, at every arrival
+            normalised = g.astype(np.float64)
+            np.subtract(normalised, low, out=normalised)
+            np.divide(normalised, span, out=normalised)
+            if name not in self.sums:
+                self.sums[name], self.counts[name] = np.zeros(g.shape), np.zeros(g.shape)
+            np.add(self.sums[name], normalised, out=self.sums[name])
+            np.add(self.counts[name], normalised > 0, out=self.counts[name])
 
     def scores(self, weights: Weights, prunable: list[str]) -> dict[str, np.ndarray]:
         averages = {name: np.divide(self.sums[name], self.counts[name], out=np.zeros_like(self.sums[name]),
