@@ -97,6 +97,9 @@ class SweepConfig(Section):
     # named sets of dotted-key overrides, grid-searched as the key `variant` (the run's experiment.name)
     variants: dict[VariantName, dict[str, Any]] = Field(default_factory=dict)
     search_space: dict[str, Domain] = Field(default_factory=dict)
+    # overrides that go with a value of a searched key, e.g. a budget per data split:
+    # {data.partition.kind: {iid: {budget.virtual_time_s: 12000}}}
+    linked: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     metric: Literal[REPORTED] = "final_accuracy"  # type: ignore[valid-type]
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(1, ge=1)
@@ -111,6 +114,14 @@ class SweepConfig(Section):
             raise ValueError("give a search_space, variants, or both")
         if "variant" in self.search_space:
             raise ValueError("'variant' is the key of the variants: name the variants under `variants`")
+        for key, table in self.linked.items():
+            domain = self.search_space.get(key)
+            values = None if domain is None else (domain.grid or domain.choice)
+            if values is None:
+                raise ValueError(f"linked: '{key}' is not a grid or choice of the search_space")
+            unknown = sorted(set(table) - {str(v) for v in values})
+            if unknown:
+                raise ValueError(f"linked: '{key}' never takes the value(s) {', '.join(unknown)}")
         return self
 
 
@@ -152,6 +163,12 @@ class Sweep:
                 load_config(base=self.base, overrides=self._variant_overrides(variant))
             except UserError as exc:
                 raise UserError(f"variant '{variant}': {exc}") from None
+        for key, table in self.spec.linked.items():
+            for value, linked in table.items():
+                try:
+                    load_config(base=self.base, overrides=[f"{key}={value}", *_overrides(linked)])
+                except UserError as exc:
+                    raise UserError(f"linked to {key} = {value}: {exc}") from None
         self.search_space: dict[str, Domain] = {
             **({"variant": Domain(grid=list(self.spec.variants))} if self.spec.variants else {}),
             **self.spec.search_space}
@@ -177,8 +194,7 @@ class Sweep:
         return {f"{i:02d} {key}": domain.to_tune() for i, (key, domain) in enumerate(self.search_space.items())}
 
     def _variant_overrides(self, variant: str) -> list[str]:
-        return [*(f"{k}={json.dumps(v)}" for k, v in self.spec.variants[variant].items()),
-                f"experiment.name={json.dumps(variant)}"]
+        return [*_overrides(self.spec.variants[variant]), f"experiment.name={json.dumps(variant)}"]
 
     def trial_config(self, params: dict[str, Any]) -> Config:
         """A trial's experiment: the base with its variant's overrides and its sampled values; one client actor
@@ -186,7 +202,9 @@ class Sweep:
         params = untune(params)
         variant = params.pop("variant", None)
         overrides = [*(self._variant_overrides(variant) if variant is not None else []),
-                     *(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()))]
+                     *_overrides(dict(sorted(params.items())))]
+        for key, table in self.spec.linked.items():
+            overrides += _overrides(table.get(str(params.get(key)), {}))
         cfg = load_config(base=self.base, overrides=overrides)
         if cfg.runtime.num_workers is None:
             cfg = load_config(base=self.base, overrides=[*overrides, "runtime.num_workers=1"])
@@ -201,6 +219,10 @@ class Sweep:
         assert cfg.runtime.num_workers is not None
         options, _ = worker_options(cfg, cfg.runtime.num_workers)
         return [{"CPU": 1.0}, *(bundle(o) for o in options)]
+
+
+def _overrides(values: dict[str, Any]) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 def untune(params: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """`raypfl sweep` and `raypfl compare`: sweep files, a Tune sweep nested in MLflow, interrupt and resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,29 @@ def test_sweep_file_resolution(tmp_path: Path) -> None:
     assert cfg.tracking.uri is not None and cfg.tracking.uri.startswith("sqlite:////")  # absolute for trials
     bundles = sweep.bundles({"algorithm.name": "fedavg", "training.lr": 0.02})
     assert bundles[0] == {"CPU": 1.0} and len(bundles) == 2 and bundles[1]["GPU"] > 0
+
+
+def test_linked_overrides_follow_a_searched_value(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    path = write_sweep(tmp_path, "linked", base="base.yaml", search_space={"training.lr": {"grid": [0.1, 0.2]}},
+                       linked={"training.lr": {"0.2": {"budget.virtual_time_s": 77, "budget.eval_every": 3}}})
+    sweep = Sweep(path)
+    slow, fast = sweep.trial_config({"training.lr": 0.1}), sweep.trial_config({"01 training.lr": 0.2})
+    assert (fast.budget.virtual_time_s, fast.budget.eval_every) == (77, 3)
+    assert slow.budget.virtual_time_s == Sweep(path).config.budget.virtual_time_s != 77
+
+
+@pytest.mark.parametrize(("linked", "fragment"), [
+    ({"training.batch_size": {"4": {"budget.virtual_time_s": 5}}}, "'training.batch_size' is not a grid or choice"),
+    ({"training.lr": {"0.3": {"budget.virtual_time_s": 5}}}, "never takes the value(s) 0.3"),
+    ({"training.lr": {"0.1": {"budget.virtual_time_s": -5}}}, "linked to training.lr = 0.1"),
+])
+def test_bad_linked_overrides_are_one_line_errors(tmp_path: Path, linked: dict, fragment: str) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    path = write_sweep(tmp_path, "bad", base="base.yaml", search_space={"training.lr": {"grid": [0.1, 0.2]}},
+                       linked=linked)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        Sweep(path)
 
 
 def test_trials_run_variants_fastest_and_the_last_key_slowest(tmp_path: Path) -> None:
