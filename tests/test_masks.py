@@ -149,3 +149,16 @@ def test_matches_a_full_stable_sort_with_many_ties():
         want = held.copy()
         want[ranked[:round(d * 300) - 16]] = True
         np.testing.assert_array_equal(np.concatenate([masks[d]["c"].ravel(), masks[d]["d"]]), want)
+
+
+def test_grad_importance_snapshots_do_not_move_with_later_arrivals():
+    grads = GradImportance()
+    grads.add({"w": np.array([0.0, 1.0, 3.0], np.float32)})
+    snap = grads.snapshot()
+    copy = GradImportance.restore(snap)
+    grads.add({"w": np.array([3.0, 0.0, 1.0], np.float32)})  # accumulated in place: the snapshot must not see it
+    copy.add({"w": np.array([1.0, 1.0, 4.0], np.float32)})
+    np.testing.assert_array_equal(snap["sums"]["w"], [0.0, 1 / 3, 1.0])
+    np.testing.assert_array_equal(snap["counts"]["w"], [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(grads.sums["w"], [1.0, 1 / 3, 4 / 3])
+    np.testing.assert_array_equal(copy.sums["w"], [0.0, 1 / 3, 2.0])

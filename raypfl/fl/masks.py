@@ -68,13 +68,15 @@ class GradImportance:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        """Copies: `add` accumulates in place."""
+        return {"sums": {k: v.copy() for k, v in self.sums.items()},
+                "counts": {k: v.copy() for k, v in self.counts.items()}}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> GradImportance:
         out = cls()
-        out.sums = {k: np.asarray(v, dtype=np.float64) for k, v in data["sums"].items()}
-        out.counts = {k: np.asarray(v, dtype=np.float64) for k, v in data["counts"].items()}
+        out.sums = {k: np.array(v, dtype=np.float64) for k, v in data["sums"].items()}
+        out.counts = {k: np.array(v, dtype=np.float64) for k, v in data["counts"].items()}
         return out
 
 
