@@ -38,15 +38,22 @@ from benchmarks.output import wide_console
 GiB = 2**30
 
 
-def tree_pss(root: psutil.Process) -> int:
-    """Bytes of PSS of `root` and all its descendants (processes that vanish meanwhile count as 0)."""
-    total = 0
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    """`root` and all its descendants (none once it has gone)."""
     try:
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)  # processes that vanish meanwhile: 0
+
+
+def tree_pss(root: psutil.Process) -> int:
+    """Bytes of PSS of `root` and all its descendants."""
+    total = 0
+    for proc in _tree(root):
+        with contextlib.suppress(*_GONE):
             total += proc.memory_full_info().pss
     return total
 
@@ -55,12 +62,8 @@ def pss_by_process(root: psutil.Process) -> dict[str, dict[str, int]]:
     """PSS of `root` and its descendants, by process and kind of mapping: `shm` (Ray's object store, shared
     memory), `anon` (heaps), `files` (libraries and other files)."""
     out: dict[str, dict[str, int]] = {}
-    try:
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return out
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    for proc in _tree(root):
+        with contextlib.suppress(*_GONE):
             kinds = {"shm": 0, "anon": 0, "files": 0}
             for m in proc.memory_maps(grouped=True):
                 kind = "shm" if m.path.startswith("/dev/shm") else "files" if m.path.startswith("/") else "anon"

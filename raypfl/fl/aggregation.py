@@ -227,7 +227,7 @@ def aggregate(rule: Rule, old: Weights, updates: Sequence[ClientUpdate], *, mix:
         raise ValueError(f"mix must be in [0, 1], got {mix}")
     _validate(old, updates)
     for update in sorted(updates, key=lambda u: u.client):
-        running.add(update)
+        running.add_valid(update)
     return running.result(mix=mix)
 
 
@@ -252,6 +252,10 @@ class Aggregation:
             raise ValueError(f"updates must come in increasing client id: {update.client} after {self._last_client}"
                              + (" (more than one update per client)" if update.client == self._last_client else ""))
         _validate_update(self.old, update)
+        self.add_valid(update)
+
+    def add_valid(self, update: ClientUpdate) -> None:
+        """`add` for an update already validated against `old` (`aggregate` checks them all first)."""
         self._last_client = update.client
         self._weights.append(update.weight)
         masks = update.mask or {}

@@ -159,8 +159,11 @@ class ActorPoolTrainer:
     def _prioritise(self, clients: list[int]) -> None:
         """The queued jobs of `clients` go first, in that order."""
         self._order = {c: i for i, c in enumerate(clients)}
-        self._queue = [replace(item, rank=self._rank(item.job)) for item in self._queue]
-        heapq.heapify(self._queue)
+        moved = [k for k, item in enumerate(self._queue) if item.job.client in self._order]
+        for k in moved:
+            self._queue[k] = replace(self._queue[k], rank=self._rank(self._queue[k].job))
+        if moved:
+            heapq.heapify(self._queue)
 
     def _rank(self, job: TrainJob) -> tuple[int, float]:
         """Queue order: the jobs being collected (in the order asked), then by the time they are needed."""
